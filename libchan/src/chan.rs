@@ -1,0 +1,707 @@
+//! Typed channel ends: [`Sender`], [`Receiver`], in memory or on a session.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ciborium::tag::Required;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::context::{self, DecodeState, EncodeState, Export};
+use crate::framed::{write_frame, FrameReader};
+use crate::proto::{frame, Accept, CloseErr, Code, Direction, FrameType, Kind};
+use crate::session::{PendingStream, SessionInner};
+use crate::transport::{BoxRead, BoxWrite, RawStream};
+use crate::{Limits, RecvError, SendError, SendFailure, TAG_RECEIVER, TAG_SENDER};
+
+/// What a channel carries: any serde type that can cross threads. Fields may be further
+/// [`Sender`]s, [`Receiver`]s and [`ByteStream`](crate::ByteStream)s, nested to any depth the
+/// limits allow.
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Message for T {}
+
+/// An in-memory channel holding up to [`Limits::pipe_capacity`] messages. Values move without
+/// serialization; either end can later be sent over a session, which then relays it.
+pub fn pipe<T: Message>() -> (Sender<T>, Receiver<T>) {
+    pipe_with_capacity(Limits::default().pipe_capacity)
+}
+
+/// [`pipe`] with a given capacity (at least 1).
+pub fn pipe_with_capacity<T: Message>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (Sender { inner: SenderInner::Mem(tx) }, Receiver::with(RecvInner::Mem(rx)))
+}
+
+/// Forwards every message from `from` to `to`, then closes `to`. Returns the number of
+/// messages forwarded. Stops early, dropping `from` (so its sender sees `Closed`), when `to`'s
+/// receiver goes away. An error that ends `from` is passed on to `to`'s receiver.
+///
+/// # Errors
+/// The error that ended `from`, after it was passed on.
+pub async fn copy<T: Message>(mut from: Receiver<T>, to: Sender<T>) -> Result<u64, RecvError> {
+    let mut count = 0;
+    let ended = {
+        let mut closed = pin!(to.closed());
+        loop {
+            let item = tokio::select! {
+                biased;
+                item = from.recv() => item,
+                () = &mut closed => break None,
+            };
+            match item {
+                Ok(Some(value)) => {
+                    if to.send(value).await.is_err() {
+                        break None;
+                    }
+                    count += 1;
+                }
+                Ok(None) => break Some(Ok(())),
+                Err(e) if !e.is_fatal() => tracing::debug!(error = %e, "relay skipped a message"),
+                Err(e) => break Some(Err(e)),
+            }
+        }
+    };
+    match ended {
+        None => Ok(count),
+        Some(Ok(())) => {
+            to.close().await;
+            Ok(count)
+        }
+        Some(Err(e)) => {
+            let (code, message) = match &e {
+                RecvError::Remote { code, message } => (*code, message.clone()),
+                other => (Code::Application, other.to_string()),
+            };
+            to.fail_with(code, message).await;
+            Err(e)
+        }
+    }
+}
+
+/// The sending end of a channel. Cheap to clone; the channel ends when every clone is closed
+/// or dropped, after everything sent before was delivered.
+pub struct Sender<T> {
+    inner: SenderInner<T>,
+}
+
+enum SenderInner<T> {
+    Mem(mpsc::Sender<Result<T, RecvError>>),
+    Net(Arc<SendShared>, PhantomData<fn(T)>),
+}
+
+impl<T: Message> Sender<T> {
+    pub(crate) fn from_net(
+        session: Arc<SessionInner>,
+        ref_id: u64,
+        stream: PendingStream,
+        expect_accept: bool,
+    ) -> Self {
+        let (status, _) = watch::channel(Status::default());
+        let shared = Arc::new(SendShared {
+            session,
+            ref_id,
+            state: Mutex::new(SendState { buf: BytesMut::new(), closed: false, finish: None }),
+            wake: Notify::new(),
+            space: Notify::new(),
+            status,
+            handles: AtomicUsize::new(1),
+        });
+        tokio::spawn(write_loop(shared.clone(), stream, expect_accept));
+        Self { inner: SenderInner::Net(shared, PhantomData) }
+    }
+
+    /// Sends a message. On a session it is encoded at once and queued for the network, so
+    /// `send` returns without waiting for the peer; it waits only while the channel's send
+    /// buffer is full (backpressure).
+    ///
+    /// # Errors
+    /// [`SendError`] gives the value back with the reason: the receiver is gone, the encoded
+    /// message is over the size or reference limit, or the stream limit is reached. Nothing
+    /// was opened for a failed send.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped while waiting for buffer space, the value is dropped unsent.
+    pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        match &self.inner {
+            SenderInner::Mem(tx) => tx.send(Ok(value)).await.map_err(|e| match e.0 {
+                Ok(value) => SendError::new(value, SendFailure::Closed),
+                // Invariant: we sent Ok above and get the same value back.
+                Err(_) => unreachable!("pipe returned a value that was not sent"),
+            }),
+            SenderInner::Net(shared, _) => send_net(shared, value).await,
+        }
+    }
+
+    /// Waits until the receiving end is gone (or the channel ended): the next send would fail
+    /// with `Closed`.
+    pub async fn closed(&self) {
+        match &self.inner {
+            SenderInner::Mem(tx) => tx.closed().await,
+            SenderInner::Net(shared, _) => {
+                let mut rx = shared.status.subscribe();
+                let _ = rx.wait_for(|s| s.peer_gone || s.finished).await;
+            }
+        }
+    }
+
+    /// Whether the receiving end is known to be gone.
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            SenderInner::Mem(tx) => tx.is_closed(),
+            SenderInner::Net(shared, _) => lock(&shared.state).closed,
+        }
+    }
+
+    /// Closes this handle. When it was the last one the channel ends: the receiver gets every
+    /// message sent before, then `None`. On a session this waits until everything was handed
+    /// to the network.
+    pub async fn close(self) {
+        let shared = match &self.inner {
+            SenderInner::Net(shared, _) => shared.clone(),
+            SenderInner::Mem(_) => return,
+        };
+        drop(self);
+        if shared.handles.load(Ordering::Acquire) == 0 {
+            let mut rx = shared.status.subscribe();
+            let _ = rx.wait_for(|s| s.finished).await;
+        }
+    }
+
+    /// Ends the channel with an error: the receiver gets every message sent before, then
+    /// [`RecvError::Remote`] with code `Application` and this text. Other clones can no longer
+    /// send.
+    pub async fn fail(self, message: impl Into<String>) {
+        self.fail_with(Code::Application, message.into()).await;
+    }
+
+    async fn fail_with(self, code: Code, message: String) {
+        match &self.inner {
+            SenderInner::Mem(tx) => {
+                let _ = tx.send(Err(RecvError::Remote { code, message })).await;
+            }
+            SenderInner::Net(shared, _) => {
+                let shared = shared.clone();
+                shared.finish(Some(CloseErr { code, message }));
+                drop(self);
+                let mut rx = shared.status.subscribe();
+                let _ = rx.wait_for(|s| s.finished).await;
+            }
+        }
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        let inner = match &self.inner {
+            SenderInner::Mem(tx) => SenderInner::Mem(tx.clone()),
+            SenderInner::Net(shared, _) => {
+                shared.handles.fetch_add(1, Ordering::Relaxed);
+                SenderInner::Net(shared.clone(), PhantomData)
+            }
+        };
+        Self { inner }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if let SenderInner::Net(shared, _) = &self.inner {
+            if shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.finish(None);
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            SenderInner::Mem(_) => f.write_str("Sender(memory)"),
+            SenderInner::Net(shared, _) => write!(f, "Sender(ref {})", shared.ref_id),
+        }
+    }
+}
+
+impl<T: Message> Serialize for Sender<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The peer gets a sender; we read what it sends from a new stream into this one.
+        let local = self.clone();
+        let start: context::Start = Box::new(move |session, ref_id, stream| {
+            Box::pin(async move {
+                let remote = Receiver::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
+                let _ = copy(remote, local).await;
+            })
+        });
+        let id = context::export(Kind::Channel, Direction::AcceptorSends, start)
+            .map_err(S::Error::custom)?;
+        Required::<u64, TAG_SENDER>(id).serialize(serializer)
+    }
+}
+
+impl<'de, T: Message> Deserialize<'de> for Sender<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Required(id) = Required::<u64, TAG_SENDER>::deserialize(deserializer)?;
+        let (session, pending) = context::import(id, Kind::Channel, Direction::AcceptorSends)
+            .map_err(D::Error::custom)?;
+        Ok(Self::from_net(session, id, pending, false))
+    }
+}
+
+/// State shared by the clones of a session sender and its writer task.
+struct SendShared {
+    session: Arc<SessionInner>,
+    ref_id: u64,
+    state: Mutex<SendState>,
+    /// Wakes the writer: new bytes, or finishing.
+    wake: Notify,
+    /// Wakes senders waiting for buffer space.
+    space: Notify,
+    status: watch::Sender<Status>,
+    handles: AtomicUsize,
+}
+
+struct SendState {
+    buf: BytesMut,
+    /// The receiver is gone or the stream failed: sends fail with `Closed`.
+    closed: bool,
+    /// Set once the last handle is gone: end the channel, with this error if any.
+    finish: Option<Option<CloseErr>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Status {
+    peer_gone: bool,
+    finished: bool,
+}
+
+impl SendShared {
+    fn finish(&self, error: Option<CloseErr>) {
+        let mut state = lock(&self.state);
+        if state.finish.is_none() || error.is_some() {
+            state.finish = Some(error);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn mark_closed(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.buf = BytesMut::new();
+        drop(state);
+        self.space.notify_waiters();
+        self.status.send_modify(|s| s.peer_gone = true);
+    }
+}
+
+async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), SendError<T>> {
+    let limit = shared.session.limits.send_buffer;
+    loop {
+        let mut space = pin!(shared.space.notified());
+        space.as_mut().enable();
+        {
+            let mut state = lock(&shared.state);
+            if state.closed || state.finish.is_some() || shared.session.is_closed() {
+                return Err(SendError::new(value, SendFailure::Closed));
+            }
+            if state.buf.len() < limit {
+                let start = state.buf.len();
+                let encoded = encode_into(&mut state.buf, &value, &shared.session, shared.ref_id)
+                    .and_then(|exports| shared.session.commit(exports));
+                if let Err(reason) = encoded {
+                    state.buf.truncate(start);
+                    return Err(SendError::new(value, reason));
+                }
+                drop(state);
+                if start == 0 {
+                    shared.wake.notify_one();
+                }
+                return Ok(());
+            }
+        }
+        space.await;
+    }
+}
+
+/// Appends one MSG frame holding `value` to `buf`; returns the handles it named.
+fn encode_into<T: Serialize>(
+    buf: &mut BytesMut,
+    value: &T,
+    session: &Arc<SessionInner>,
+    parent: u64,
+) -> Result<Vec<Export>, SendFailure> {
+    let start = buf.len();
+    buf.put_bytes(0, frame::HEADER_LEN);
+    let state = EncodeState { session: session.clone(), parent, exports: Vec::new() };
+    let (result, state) =
+        context::encoding(state, || ciborium::into_writer(value, (&mut *buf).writer()));
+    let fail = |buf: &mut BytesMut, reason| {
+        buf.truncate(start);
+        Err(reason)
+    };
+    if let Err(e) = result {
+        return fail(buf, SendFailure::Encode(e.to_string()));
+    }
+    let len = buf.len() - start - frame::HEADER_LEN;
+    let limits = &session.limits;
+    if len > limits.max_message_len {
+        return fail(buf, SendFailure::TooLarge { len, limit: limits.max_message_len });
+    }
+    if state.exports.len() > limits.max_refs_per_message {
+        let count = state.exports.len();
+        return fail(buf, SendFailure::TooManyRefs { count, limit: limits.max_refs_per_message });
+    }
+    frame::patch_header(&mut buf[start..], FrameType::Msg);
+    Ok(state.exports)
+}
+
+/// Writes a session sender's buffer to its stream, coalescing whatever was queued meanwhile
+/// into one write, and watches the other direction for ACCEPT and RECV_CLOSED.
+async fn write_loop(shared: Arc<SendShared>, stream: PendingStream, expect_accept: bool) {
+    let stream = match stream.resolve().await {
+        Ok(stream) => stream,
+        Err(reason) => {
+            tracing::debug!(%reason, "channel stream never arrived");
+            shared.mark_closed();
+            shared.status.send_modify(|s| s.finished = true);
+            return;
+        }
+    };
+    let RawStream { read, mut write, permit: _permit } = stream;
+    let mut control = Control {
+        reader: FrameReader::new(read, shared.session.decoder()),
+        open: true,
+        accept_pending: expect_accept,
+    };
+    let error = loop {
+        let batch = {
+            let mut state = lock(&shared.state);
+            if state.closed {
+                break None;
+            }
+            if !state.buf.is_empty() {
+                Some(state.buf.split().freeze())
+            } else if let Some(error) = state.finish.take() {
+                break error;
+            } else {
+                None
+            }
+        };
+        let Some(batch) = batch else {
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                gone = control.next(), if control.open => if gone { shared.mark_closed() },
+            }
+            continue;
+        };
+        shared.space.notify_waiters();
+        let mut writing = pin!(write.write_all(&batch));
+        let written = loop {
+            tokio::select! {
+                biased;
+                gone = control.next(), if control.open => if gone { shared.mark_closed() },
+                result = &mut writing => break result,
+            }
+        };
+        if written.is_err() {
+            shared.mark_closed();
+        }
+    };
+    if let Some(error) = error {
+        let _ = write_frame(&mut write, FrameType::CloseErr, &error.encode()).await;
+    }
+    let _ = write.shutdown().await;
+    shared.status.send_modify(|s| s.finished = true);
+}
+
+struct Control {
+    reader: FrameReader<BoxRead>,
+    open: bool,
+    accept_pending: bool,
+}
+
+impl Control {
+    /// Reads one control frame; returns whether the receiving end is gone.
+    async fn next(&mut self) -> bool {
+        match self.reader.next_frame().await {
+            Ok(Some((FrameType::Accept, payload))) if self.accept_pending => {
+                self.accept_pending = false;
+                match Accept::decode(&payload) {
+                    Ok(accept) if accept.status == Code::Ok => false,
+                    Ok(accept) => {
+                        tracing::debug!(status = %accept.status, error = ?accept.error, "channel refused");
+                        self.open = false;
+                        true
+                    }
+                    Err(_) => {
+                        self.open = false;
+                        true
+                    }
+                }
+            }
+            Ok(Some((FrameType::RecvClosed, _))) => {
+                self.open = false;
+                true
+            }
+            Ok(Some((ty, _))) => {
+                tracing::debug!(?ty, "unexpected frame on a sender's control direction");
+                self.open = false;
+                true
+            }
+            Ok(None) | Err(_) => {
+                self.open = false;
+                true
+            }
+        }
+    }
+}
+
+/// The receiving end of a channel. `recv` returns `Ok(None)` once the channel ended cleanly;
+/// it is also a [`Stream`](futures::Stream) of `Result<T, RecvError>`.
+pub struct Receiver<T> {
+    /// Shared only while a message carrying this receiver is being sent (two-phase send).
+    slot: Arc<Mutex<Option<RecvInner<T>>>>,
+}
+
+enum RecvInner<T> {
+    Mem(mpsc::Receiver<Result<T, RecvError>>),
+    Net(NetReceiver),
+}
+
+impl<T: Message> Receiver<T> {
+    fn with(inner: RecvInner<T>) -> Self {
+        Self { slot: Arc::new(Mutex::new(Some(inner))) }
+    }
+
+    pub(crate) fn from_net(
+        session: Arc<SessionInner>,
+        ref_id: u64,
+        stream: PendingStream,
+        accept_pending: bool,
+    ) -> Self {
+        let state = match stream {
+            PendingStream::Ready(stream) => NetState::ready(stream, &session),
+            PendingStream::Waiting(rx) => NetState::Waiting(rx),
+        };
+        Self::with(RecvInner::Net(NetReceiver { session, ref_id, state, accept_pending }))
+    }
+
+    /// Receives the next message; `Ok(None)` when the channel ended.
+    ///
+    /// # Errors
+    /// [`RecvError`]: the sender ended the channel with an error, the peer broke the protocol,
+    /// the connection was lost, or one message did not decode as `T` (the channel goes on;
+    /// see [`RecvError::is_fatal`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is taken only when this returns it.
+    pub async fn recv(&mut self) -> Result<Option<T>, RecvError> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message, as [`recv`](Self::recv).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RecvError>> {
+        let Some(inner) = slot_mut(&mut self.slot) else {
+            return Poll::Ready(Err(RecvError::Protocol("receiver was sent away".into())));
+        };
+        match inner {
+            RecvInner::Mem(rx) => rx.poll_recv(cx).map(Option::transpose),
+            RecvInner::Net(net) => {
+                let Some(payload) = ready!(net.poll_msg(cx))? else {
+                    return Poll::Ready(Ok(None));
+                };
+                let decoded = decode::<T>(&net.session, net.ref_id, &payload);
+                if let Err(RecvError::Protocol(_)) = &decoded {
+                    net.stop(true);
+                }
+                Poll::Ready(decoded.map(Some))
+            }
+        }
+    }
+}
+
+impl<T: Message> futures::Stream for Receiver<T> {
+    type Item = Result<T, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx).map(Result::transpose)
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Receiver")
+    }
+}
+
+impl<T: Message> Serialize for Receiver<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The peer gets a receiver; we send what arrives here on a new stream.
+        let slot = self.slot.clone();
+        let start: context::Start = Box::new(move |session, ref_id, stream| {
+            Box::pin(async move {
+                let Some(inner) = lock(&slot).take() else { return };
+                drop(slot);
+                let remote = Sender::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
+                let _ = copy(Receiver::with(inner), remote).await;
+            })
+        });
+        let id = context::export(Kind::Channel, Direction::OpenerSends, start)
+            .map_err(S::Error::custom)?;
+        Required::<u64, TAG_RECEIVER>(id).serialize(serializer)
+    }
+}
+
+impl<'de, T: Message> Deserialize<'de> for Receiver<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Required(id) = Required::<u64, TAG_RECEIVER>::deserialize(deserializer)?;
+        let (session, pending) = context::import(id, Kind::Channel, Direction::OpenerSends)
+            .map_err(D::Error::custom)?;
+        Ok(Self::from_net(session, id, pending, false))
+    }
+}
+
+/// The receiving side of a channel stream.
+struct NetReceiver {
+    session: Arc<SessionInner>,
+    ref_id: u64,
+    state: NetState,
+    accept_pending: bool,
+}
+
+enum NetState {
+    Waiting(oneshot::Receiver<Result<RawStream, String>>),
+    Ready { reader: FrameReader<BoxRead>, write: BoxWrite, permit: Option<tokio::sync::OwnedSemaphorePermit> },
+    Done,
+}
+
+impl NetState {
+    fn ready(stream: RawStream, session: &SessionInner) -> Self {
+        Self::Ready {
+            reader: FrameReader::new(stream.read, session.decoder()),
+            write: stream.write,
+            permit: stream.permit,
+        }
+    }
+}
+
+impl NetReceiver {
+    fn poll_msg(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {
+        loop {
+            match &mut self.state {
+                NetState::Waiting(rx) => match ready!(Pin::new(rx).poll(cx)) {
+                    Ok(Ok(stream)) => self.state = NetState::ready(stream, &self.session),
+                    Ok(Err(reason)) => {
+                        self.state = NetState::Done;
+                        return Poll::Ready(Err(RecvError::Protocol(reason)));
+                    }
+                    Err(_) => {
+                        self.state = NetState::Done;
+                        return Poll::Ready(Err(RecvError::Connection("session closed".into())));
+                    }
+                },
+                NetState::Ready { reader, .. } => {
+                    let frame = ready!(reader.poll_frame(cx));
+                    let accept_pending = std::mem::replace(&mut self.accept_pending, false);
+                    let result = match frame {
+                        Ok(Some((FrameType::Accept, payload))) if accept_pending => {
+                            match Accept::decode(&payload) {
+                                Ok(accept) if accept.status == Code::Ok => continue,
+                                Ok(accept) => Err(RecvError::Remote {
+                                    code: accept.status,
+                                    message: accept.error.unwrap_or_default(),
+                                }),
+                                Err(e) => Err(RecvError::Protocol(e.to_string())),
+                            }
+                        }
+                        _ if accept_pending => {
+                            Err(RecvError::Protocol("first frame from the acceptor is not ACCEPT".into()))
+                        }
+                        Ok(Some((FrameType::Msg, payload))) => return Poll::Ready(Ok(Some(payload))),
+                        Ok(Some((FrameType::CloseErr, payload))) => match CloseErr::decode(&payload) {
+                            Ok(close) => {
+                                Err(RecvError::Remote { code: close.code, message: close.message })
+                            }
+                            Err(e) => Err(RecvError::Protocol(e.to_string())),
+                        },
+                        Ok(Some((ty, _))) => {
+                            Err(RecvError::Protocol(format!("unexpected {ty:?} frame on a channel")))
+                        }
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    };
+                    self.stop(result.is_err());
+                    return Poll::Ready(result);
+                }
+                NetState::Done => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+
+    /// Ends our side of the stream; `tell` sends RECV_CLOSED first, so the sender stops.
+    fn stop(&mut self, tell: bool) {
+        let NetState::Ready { reader, mut write, permit } = std::mem::replace(&mut self.state, NetState::Done)
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if tell {
+                let _ = write_frame(&mut write, FrameType::RecvClosed, &[]).await;
+            }
+            let _ = write.shutdown().await;
+            drop((reader, permit));
+        });
+    }
+}
+
+impl Drop for NetReceiver {
+    fn drop(&mut self) {
+        self.stop(true);
+    }
+}
+
+fn decode<T: Message>(session: &Arc<SessionInner>, parent: u64, payload: &[u8]) -> Result<T, RecvError> {
+    let state = DecodeState { session: session.clone(), parent, claimed: Vec::new(), error: None };
+    let mut rest = payload;
+    let depth = session.limits.max_depth;
+    let (result, state) = context::decoding(state, || {
+        ciborium::de::from_reader_with_recursion_limit::<T, _>(&mut rest, depth)
+    });
+    if let Some(error) = state.error {
+        return Err(RecvError::Protocol(error));
+    }
+    let value = result.map_err(|e| match e {
+        ciborium::de::Error::RecursionLimitExceeded => {
+            RecvError::Protocol(format!("message nested deeper than the limit of {depth}"))
+        }
+        other => RecvError::Decode(other.to_string()),
+    })?;
+    if !rest.is_empty() {
+        return Err(RecvError::Protocol(format!("{} bytes after the message's CBOR item", rest.len())));
+    }
+    Ok(value)
+}
+
+/// The value in a handle's slot. Only a message being sent holds a second reference to the
+/// slot, and such a message owns the handle, so `&mut` access means the slot is unshared.
+pub(crate) fn slot_mut<T>(slot: &mut Arc<Mutex<Option<T>>>) -> Option<&mut T> {
+    match Arc::get_mut(slot) {
+        Some(mutex) => mutex.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut(),
+        None => None,
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; carry on with it.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

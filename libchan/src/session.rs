@@ -1,0 +1,576 @@
+//! A session: channels and byte streams multiplexed over one connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::chan::{Receiver, Sender};
+use crate::context::Export;
+use crate::framed::{read_control, write_frame, FrameReader, ReadError};
+use crate::proto::{Accept, CloseErr, Code, Direction, FrameDecoder, FrameType, Kind, Open};
+use crate::transport::{Mux, RawStream};
+use crate::{Limits, Message, OpenError};
+
+/// A libchan session over one connection. Either side opens top-level channels with
+/// [`open`](Self::open); the peer takes them with [`accept`](Self::accept). Channels and byte
+/// streams sent inside messages travel on streams of their own.
+///
+/// The session lives while this handle or any channel on it lives; dropping everything closes
+/// the connection.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+    accept_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Open, RawStream)>>>,
+}
+
+/// A stream a decoded handle will run on: here already, or promised by the rendezvous table.
+pub(crate) enum PendingStream {
+    Ready(RawStream),
+    Waiting(oneshot::Receiver<Result<RawStream, String>>),
+}
+
+impl PendingStream {
+    pub(crate) async fn resolve(self) -> Result<RawStream, String> {
+        match self {
+            Self::Ready(stream) => Ok(stream),
+            Self::Waiting(rx) => rx.await.unwrap_or_else(|_| Err("session closed".into())),
+        }
+    }
+}
+
+pub(crate) struct SessionInner {
+    pub limits: Limits,
+    mux: Box<dyn Mux>,
+    /// 1 on the dialing side (odd reference ids), 0 on the listening side (even).
+    parity: u64,
+    next_ref: AtomicU64,
+    outbound: Arc<Semaphore>,
+    rendezvous: Mutex<Rendezvous>,
+    closed: watch::Sender<Option<String>>,
+    peer: String,
+    peer_name: Option<String>,
+}
+
+/// Where a session's connection came from, for logs and access control.
+pub(crate) struct PeerInfo {
+    pub addr: String,
+    pub name: Option<String>,
+}
+
+impl Session {
+    /// Starts a session on a multiplexer; `dialer` is the side that connected.
+    pub(crate) fn start(
+        mux: Box<dyn Mux>,
+        inbound: mpsc::Receiver<RawStream>,
+        done: oneshot::Receiver<String>,
+        dialer: bool,
+        limits: Limits,
+        peer: PeerInfo,
+    ) -> Self {
+        let per_side = limits.max_streams / 2;
+        let (closed, _) = watch::channel(None);
+        let (accept_tx, accept_rx) = mpsc::channel(limits.accept_queue);
+        let inner = Arc::new(SessionInner {
+            mux,
+            parity: u64::from(dialer),
+            next_ref: AtomicU64::new(1),
+            outbound: Arc::new(Semaphore::new(per_side)),
+            rendezvous: Mutex::new(Rendezvous::default()),
+            closed,
+            peer: peer.addr,
+            peer_name: peer.name,
+            limits,
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(serve_inbound(weak.clone(), inbound, accept_tx, per_side));
+        tokio::spawn(heartbeat(inner.clone(), weak.clone()));
+        tokio::spawn(expire_pending(weak.clone()));
+        tokio::spawn(async move {
+            let reason = done.await.unwrap_or_else(|_| "connection driver stopped".into());
+            if let Some(inner) = weak.upgrade() {
+                inner.mark_closed(reason);
+            }
+        });
+        Self { inner, accept_rx: Arc::new(tokio::sync::Mutex::new(accept_rx)) }
+    }
+
+    /// Opens a top-level channel; its receiver appears at the peer's [`accept`](Self::accept).
+    ///
+    /// # Errors
+    /// The session is closed, or this side has its share of the stream limit open.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes abandons the stream; nothing is sent.
+    pub async fn open<T: Message>(&self) -> Result<Sender<T>, OpenError> {
+        let inner = &self.inner;
+        if let Some(reason) = inner.closed.borrow().clone() {
+            return Err(OpenError::SessionClosed(reason));
+        }
+        let permit = inner.outbound.clone().try_acquire_owned().map_err(|_| {
+            OpenError::TooManyStreams { limit: inner.limits.max_streams / 2 }
+        })?;
+        let open = Open {
+            kind: Kind::Channel,
+            ref_id: inner.next_ref(),
+            parent: 0,
+            direction: Direction::OpenerSends,
+            content_type: None,
+        };
+        let mut stream = inner.mux.open().await.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        stream.permit = Some(permit);
+        write_frame(&mut stream.write, FrameType::Open, &open.encode())
+            .await
+            .map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        Ok(Sender::from_net(inner.clone(), open.ref_id, PendingStream::Ready(stream), true))
+    }
+
+    /// Waits for the next top-level channel the peer opened. `Ok(None)` once the session is
+    /// closed and no opened channel is left.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a channel is taken from the queue only when this returns it.
+    pub async fn accept<T: Message>(&self) -> Option<Receiver<T>> {
+        let (open, stream) = self.accept_rx.lock().await.recv().await?;
+        Some(Receiver::from_net(self.inner.clone(), open.ref_id, PendingStream::Ready(stream), false))
+    }
+
+    /// The authenticated node name of the peer (from its certificate), on TLS and QUIC.
+    pub fn peer_name(&self) -> Option<&str> {
+        self.inner.peer_name.as_deref()
+    }
+
+    /// The peer's address, as the transport saw it.
+    pub fn peer_addr(&self) -> &str {
+        &self.inner.peer
+    }
+
+    /// Why the session ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<String> {
+        self.inner.closed.borrow().clone()
+    }
+
+    /// Waits until the session has ended; returns why.
+    pub async fn closed(&self) -> String {
+        let mut rx = self.inner.closed.subscribe();
+        let result = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        match result {
+            Ok(Some(reason)) => reason,
+            _ => "session dropped".into(),
+        }
+    }
+
+    /// Closes the session: the peer learns the code and reason on the control stream, then
+    /// the connection closes and every channel on it ends.
+    pub async fn close(&self, code: Code, reason: &str) {
+        self.inner.close(code, reason).await;
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.inner.peer)
+            .field("peer_name", &self.inner.peer_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionInner {
+    pub(crate) fn next_ref(&self) -> u64 {
+        self.next_ref.fetch_add(1, Ordering::Relaxed) * 2 + self.parity
+    }
+
+    pub(crate) fn decoder(&self) -> FrameDecoder {
+        FrameDecoder {
+            max_msg: self.limits.max_message_len + 1,
+            max_control: self.limits.max_control_len + 1,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
+    }
+
+    fn mark_closed(&self, reason: String) {
+        self.closed.send_if_modified(|state| {
+            if state.is_none() {
+                tracing::debug!(peer = %self.peer, %reason, "session closed");
+                *state = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+        self.mux.close();
+    }
+
+    async fn close(&self, code: Code, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        let close = CloseErr { code, message: reason.to_string() };
+        if let Ok(mut stream) = self.mux.open().await {
+            let open = Open {
+                kind: Kind::Control,
+                ref_id: 0,
+                parent: 0,
+                direction: Direction::OpenerSends,
+                content_type: None,
+            };
+            let _ = write_frame(&mut stream.write, FrameType::Open, &open.encode()).await;
+            let _ = write_frame(&mut stream.write, FrameType::CloseErr, &close.encode()).await;
+            let _ = stream.write.shutdown().await;
+        }
+        self.mark_closed(format!("closed locally with {code}: {reason}"));
+    }
+
+    /// Opens streams for a message's exports. Takes every stream permit first, so on failure
+    /// nothing was opened.
+    pub(crate) fn commit(self: &Arc<Self>, exports: Vec<Export>) -> Result<(), crate::SendFailure> {
+        if exports.is_empty() {
+            return Ok(());
+        }
+        if self.is_closed() {
+            return Err(crate::SendFailure::Closed);
+        }
+        let mut permits = Vec::with_capacity(exports.len());
+        for _ in 0..exports.len() {
+            match self.outbound.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    return Err(crate::SendFailure::TooManyStreams {
+                        limit: self.limits.max_streams / 2,
+                    })
+                }
+            }
+        }
+        for (export, permit) in exports.into_iter().zip(permits) {
+            let session = self.clone();
+            tokio::spawn(async move {
+                let opened = session.mux.open().await;
+                let mut stream = match opened {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot open stream for a sent handle");
+                        return;
+                    }
+                };
+                stream.permit = Some(permit);
+                let open = export.open.encode();
+                if write_frame(&mut stream.write, FrameType::Open, &open).await.is_err() {
+                    return;
+                }
+                (export.start)(session, export.open.ref_id, stream).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Pairs a reference named in a message with its stream. `direction` is the OPEN's.
+    pub(crate) fn claim(
+        &self,
+        ref_id: u64,
+        parent: u64,
+        kind: Kind,
+        direction: Direction,
+    ) -> Result<PendingStream, String> {
+        if ref_id % 2 == self.parity {
+            return Err(format!("reference {ref_id} has this side's parity"));
+        }
+        let mut table = lock(&self.rendezvous);
+        let expect = Expect { parent, kind, direction };
+        match table.entries.remove(&ref_id) {
+            Some(Entry::Arrived { open, stream, .. }) => {
+                expect.check(&open)?;
+                Ok(PendingStream::Ready(stream))
+            }
+            Some(awaited @ Entry::Awaited { .. }) => {
+                table.entries.insert(ref_id, awaited);
+                Err(format!("reference {ref_id} claimed twice"))
+            }
+            None => {
+                if table.entries.len() >= self.limits.max_pending_refs {
+                    return Err(format!(
+                        "more than {} references pending",
+                        self.limits.max_pending_refs
+                    ));
+                }
+                let (tx, rx) = oneshot::channel();
+                let deadline = Instant::now() + self.limits.pending_ref_ttl;
+                table.entries.insert(ref_id, Entry::Awaited { expect, tx, deadline });
+                Ok(PendingStream::Waiting(rx))
+            }
+        }
+    }
+
+    /// A nested stream arrived (ACCEPT already sent): hand it to its claimant or park it.
+    fn arrive(&self, open: Open, stream: RawStream) -> Result<(), String> {
+        let mut table = lock(&self.rendezvous);
+        match table.entries.remove(&open.ref_id) {
+            Some(Entry::Awaited { expect, tx, .. }) => {
+                let result = expect.check(&open).map(|()| stream);
+                let error = result.as_ref().err().cloned();
+                let _ = tx.send(result);
+                error.map_or(Ok(()), Err)
+            }
+            Some(arrived @ Entry::Arrived { .. }) => {
+                table.entries.insert(open.ref_id, arrived);
+                Err(format!("reference {} opened twice", open.ref_id))
+            }
+            None => {
+                if table.entries.len() >= self.limits.max_pending_refs {
+                    return Err(format!(
+                        "more than {} references pending",
+                        self.limits.max_pending_refs
+                    ));
+                }
+                let deadline = Instant::now() + self.limits.pending_ref_ttl;
+                table.entries.insert(open.ref_id, Entry::Arrived { open, stream, deadline });
+                Ok(())
+            }
+        }
+    }
+
+    fn would_park(&self, ref_id: u64) -> bool {
+        let table = lock(&self.rendezvous);
+        table.entries.contains_key(&ref_id) || table.entries.len() < self.limits.max_pending_refs
+    }
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        self.mux.close();
+    }
+}
+
+#[derive(Default)]
+struct Rendezvous {
+    entries: HashMap<u64, Entry>,
+}
+
+enum Entry {
+    Arrived { open: Open, stream: RawStream, deadline: Instant },
+    Awaited { expect: Expect, tx: oneshot::Sender<Result<RawStream, String>>, deadline: Instant },
+}
+
+struct Expect {
+    parent: u64,
+    kind: Kind,
+    direction: Direction,
+}
+
+impl Expect {
+    fn check(&self, open: &Open) -> Result<(), String> {
+        if open.parent != self.parent {
+            return Err(format!(
+                "reference {} belongs to channel {}, not to channel {} that named it",
+                open.ref_id, open.parent, self.parent
+            ));
+        }
+        if open.kind != self.kind || open.direction != self.direction {
+            return Err(format!(
+                "reference {} is a {:?} ({:?}) where a {:?} ({:?}) was expected",
+                open.ref_id, open.kind, open.direction, self.kind, self.direction
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; carry on with it.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes each peer-opened stream through its OPEN frame, in a task per stream so a peer that
+/// never writes holds up nothing but its own stream (and only until `open_timeout`).
+async fn serve_inbound(
+    session: Weak<SessionInner>,
+    mut inbound: mpsc::Receiver<RawStream>,
+    accept_tx: mpsc::Sender<(Open, RawStream)>,
+    per_side: usize,
+) {
+    let permits = Arc::new(Semaphore::new(per_side));
+    while let Some(mut stream) = inbound.recv().await {
+        let Some(inner) = session.upgrade() else { return };
+        let accept_tx = accept_tx.clone();
+        let permit = permits.clone().try_acquire_owned();
+        tokio::spawn(async move {
+            let limits = &inner.limits;
+            let first = tokio::time::timeout(
+                limits.open_timeout,
+                read_control(&mut stream.read, limits.max_control_len),
+            )
+            .await;
+            let open = match first {
+                Ok(Ok((FrameType::Open, payload))) => match Open::decode(&payload) {
+                    Ok(open) => open,
+                    Err(e) => return refuse(stream, Code::Protocol, &e.to_string(), &inner).await,
+                },
+                Ok(Ok((ty, _))) => {
+                    let why = format!("first frame is {ty:?}, not OPEN");
+                    return refuse(stream, Code::Protocol, &why, &inner).await;
+                }
+                Ok(Err(ReadError::Frame(e))) => {
+                    return refuse(stream, Code::Protocol, &e.to_string(), &inner).await
+                }
+                Ok(Err(ReadError::Io(_))) => return,
+                Err(_) => {
+                    tracing::warn!(peer = %inner.peer, "stream sent no OPEN within the timeout");
+                    return;
+                }
+            };
+            match permit {
+                Ok(permit) => stream.permit = Some(permit),
+                Err(_) if open.kind != Kind::Control => {
+                    let why = format!("over the limit of {per_side} streams per side");
+                    return refuse(stream, Code::TooManyStreams, &why, &inner).await;
+                }
+                Err(_) => {}
+            }
+            route(inner, open, stream, accept_tx).await;
+        });
+    }
+}
+
+async fn route(
+    inner: Arc<SessionInner>,
+    open: Open,
+    mut stream: RawStream,
+    accept_tx: mpsc::Sender<(Open, RawStream)>,
+) {
+    if open.ref_id % 2 == inner.parity && open.kind != Kind::Control {
+        let why = format!("reference {} has the acceptor's parity", open.ref_id);
+        return refuse(stream, Code::Protocol, &why, &inner).await;
+    }
+    match open.kind {
+        Kind::Control => {
+            let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
+            watch_control(inner, stream).await;
+        }
+        _ if open.parent == 0 => {
+            if open.kind != Kind::Channel || open.direction != Direction::OpenerSends {
+                let why = "a top-level stream must be a channel the opener sends on";
+                return refuse(stream, Code::Protocol, why, &inner).await;
+            }
+            let Ok(slot) = accept_tx.try_reserve() else {
+                tracing::warn!(peer = %inner.peer, "accept queue full, refusing a channel");
+                let why = format!("accept queue of {} is full", inner.limits.accept_queue);
+                return refuse(stream, Code::AcceptQueueFull, &why, &inner).await;
+            };
+            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await.is_ok() {
+                slot.send((open, stream));
+            }
+        }
+        _ => {
+            if !inner.would_park(open.ref_id) {
+                let why = format!("more than {} references pending", inner.limits.max_pending_refs);
+                return refuse(stream, Code::Rendezvous, &why, &inner).await;
+            }
+            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await.is_err() {
+                return;
+            }
+            if let Err(why) = inner.arrive(open, stream) {
+                tracing::warn!(peer = %inner.peer, %why, "nested stream refused");
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: RawStream, code: Code, why: &str, inner: &SessionInner) {
+    tracing::warn!(peer = %inner.peer, %code, why, "refusing a stream");
+    let accept = Accept::refuse(code, why);
+    let _ = write_frame(&mut stream.write, FrameType::Accept, &accept.encode()).await;
+    let _ = stream.write.shutdown().await;
+}
+
+/// Reads the peer's control stream: heartbeats keep the session alive, CLOSE_ERR ends it.
+async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
+    let weak = Arc::downgrade(&inner);
+    let idle = inner.limits.idle_timeout;
+    let mut reader = FrameReader::new(stream.read, inner.decoder());
+    drop(inner);
+    let _write = stream.write;
+    loop {
+        let next = tokio::time::timeout(idle, reader.next_frame()).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let reason = match next {
+            Ok(Ok(Some((FrameType::Ping, _)))) => continue,
+            Ok(Ok(Some((FrameType::CloseErr, payload)))) => match CloseErr::decode(&payload) {
+                Ok(close) => format!("closed by peer with {}: {}", close.code, close.message),
+                Err(e) => format!("peer closed with a malformed CLOSE_ERR: {e}"),
+            },
+            Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
+            Ok(Ok(None)) => return,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let reason = format!("no heartbeat from peer for {:.1} s", idle.as_secs_f64());
+                tracing::warn!(peer = %inner.peer, %reason, "closing idle session");
+                inner.close(Code::IdleTimeout, &reason).await;
+                return;
+            }
+        };
+        inner.mark_closed(reason);
+        return;
+    }
+}
+
+/// Opens this side's control stream and writes a heartbeat every interval.
+async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {
+    let interval = inner.limits.heartbeat_interval;
+    let opened = inner.mux.open().await;
+    drop(inner);
+    let Ok(mut stream) = opened else { return };
+    let open = Open {
+        kind: Kind::Control,
+        ref_id: 0,
+        parent: 0,
+        direction: Direction::OpenerSends,
+        content_type: None,
+    };
+    if write_frame(&mut stream.write, FrameType::Open, &open.encode()).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        match weak.upgrade() {
+            Some(inner) if !inner.is_closed() => {}
+            _ => return,
+        }
+        if write_frame(&mut stream.write, FrameType::Ping, &[]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drops pending references older than their TTL: parked streams are reset, waiting handles
+/// get an error.
+async fn expire_pending(session: Weak<SessionInner>) {
+    loop {
+        let ttl = match session.upgrade() {
+            Some(inner) if !inner.is_closed() => inner.limits.pending_ref_ttl,
+            _ => return,
+        };
+        tokio::time::sleep((ttl / 4).max(Duration::from_millis(100))).await;
+        let Some(inner) = session.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<(u64, Entry)> = lock(&inner.rendezvous)
+            .entries
+            .extract_if(|_, entry| match entry {
+                Entry::Arrived { deadline, .. } | Entry::Awaited { deadline, .. } => *deadline <= now,
+            })
+            .collect();
+        for (ref_id, entry) in expired {
+            tracing::warn!(peer = %inner.peer, ref_id, "reference not paired within its TTL");
+            if let Entry::Awaited { tx, .. } = entry {
+                let ttl = inner.limits.pending_ref_ttl.as_secs_f64();
+                let _ = tx.send(Err(format!("referenced stream {ref_id} did not arrive within {ttl:.1} s")));
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! yamux over any `AsyncRead + AsyncWrite`: one driver task owns the connection.
+//!
+//! rust-yamux drives all I/O from `poll_next_inbound`, so the driver polls it continuously and
+//! serves open requests from the session in the same task (DESIGN: one driver owns the
+//! connection). Streams cross into tokio's I/O traits through `tokio_util::compat`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::{Mux, RawStream};
+use crate::Limits;
+
+type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
+
+/// The session's handle on a yamux connection.
+pub(crate) struct YamuxMux {
+    open_tx: mpsc::Sender<OpenReply>,
+    cancel: CancellationToken,
+}
+
+/// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
+/// with the reason once the connection is gone.
+pub(crate) fn start<S>(
+    io: S,
+    dialer: bool,
+    limits: &Limits,
+) -> (YamuxMux, mpsc::Receiver<RawStream>, oneshot::Receiver<String>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut config = yamux::Config::default();
+    // Each stream gets at least the yamux default window of 256 KiB; the connection window
+    // bounds what a peer can make us buffer in total.
+    config.set_max_connection_receive_window(Some(limits.max_streams * 256 * 1024));
+    config.set_max_num_streams(limits.max_streams);
+    config.set_split_send_size(64 * 1024);
+    let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
+    let conn = yamux::Connection::new(io.compat(), config, mode);
+    let (open_tx, open_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
+    let (done_tx, done_rx) = oneshot::channel();
+    let cancel = CancellationToken::new();
+    let driver = Driver {
+        conn,
+        open_rx,
+        pending_open: None,
+        inbound_tx,
+        cancelled: Box::pin(cancel.clone().cancelled_owned()),
+        closing: false,
+    };
+    tokio::spawn(async move {
+        let reason = driver.await;
+        tracing::debug!(%reason, "yamux connection ended");
+        let _ = done_tx.send(reason);
+    });
+    (YamuxMux { open_tx, cancel }, inbound_rx, done_rx)
+}
+
+impl Mux for YamuxMux {
+    fn open(&self) -> BoxFuture<'static, io::Result<RawStream>> {
+        let open_tx = self.open_tx.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let gone = || io::Error::new(io::ErrorKind::NotConnected, "session closed");
+            open_tx.send(tx).await.map_err(|_| gone())?;
+            let stream = rx.await.map_err(|_| gone())??;
+            Ok(split(stream))
+        })
+    }
+
+    fn close(&self) {
+        self.cancel.cancel();
+    }
+}
+
+fn split(stream: yamux::Stream) -> RawStream {
+    let (read, write) = tokio::io::split(stream.compat());
+    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+}
+
+struct Driver<S> {
+    conn: yamux::Connection<tokio_util::compat::Compat<S>>,
+    open_rx: mpsc::Receiver<OpenReply>,
+    pending_open: Option<OpenReply>,
+    inbound_tx: mpsc::Sender<RawStream>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
+    type Output = String;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
+        let this = self.get_mut();
+        if !this.closing && this.cancelled.as_mut().poll(cx).is_ready() {
+            this.closing = true;
+        }
+        if this.closing {
+            return match this.conn.poll_close(cx) {
+                Poll::Ready(_) => Poll::Ready("closed locally".into()),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        loop {
+            if this.pending_open.is_none() {
+                match this.open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => this.pending_open = Some(reply),
+                    // Every handle is gone: nobody can open streams any more, but inbound
+                    // streams may still be served until the session itself closes.
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            match this.conn.poll_new_outbound(cx) {
+                Poll::Ready(result) => {
+                    if let Some(reply) = this.pending_open.take() {
+                        let _ = reply.send(result.map_err(io::Error::other));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    // The channel holds max_streams entries and yamux admits no more streams
+                    // than that, so it is never full; if it were, dropping resets the stream.
+                    let _ = this.inbound_tx.try_send(split(stream));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
+                Poll::Ready(None) => return Poll::Ready("connection closed by peer".into()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
