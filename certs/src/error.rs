@@ -32,6 +32,9 @@ pub enum IssueError {
         /// Requested end of the window.
         not_after: SystemTime,
     },
+    /// The system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// The certificate generator failed (key generation or signing).
     #[error("cannot generate the certificate: {0}")]
     Generate(#[source] rcgen::Error),
@@ -216,8 +219,11 @@ pub enum LoadError {
         reason: rustls::Error,
     },
     /// Building the rustls configuration failed.
-    #[error("cannot build the TLS configuration: {0}")]
-    Tls(#[source] rustls::Error),
+    #[error("cannot build the TLS configuration: {reason}")]
+    Tls {
+        /// What rustls reported.
+        reason: String,
+    },
 }
 
 /// Reading the node name from a peer's certificate failed.

@@ -1,7 +1,7 @@
 //! Reading and writing certificate and key files, keeping keys private.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,7 +73,12 @@ pub(crate) fn check_absent(paths: &[&Path], force: bool) -> Result<(), SaveError
 /// Without `force` the file is created exclusively and an existing file is an error. With `force`
 /// the contents go to a new temporary file in the same directory that is then renamed over
 /// `path`, so the old file's mode is not inherited and readers never see a partial file.
-pub(crate) fn write(path: &Path, contents: &[u8], private: bool, force: bool) -> Result<(), SaveError> {
+pub(crate) fn write(
+    path: &Path,
+    contents: &[u8],
+    private: bool,
+    force: bool,
+) -> Result<(), SaveError> {
     let write_error = |source| SaveError::Write {
         path: path.to_owned(),
         source,
@@ -107,11 +112,10 @@ fn open(path: &Path) -> Result<File, LoadError> {
     })
 }
 
-fn read_all(path: &Path, mut file: File) -> Result<Vec<u8>, LoadError> {
+fn read_all(path: &Path, file: File) -> Result<Vec<u8>, LoadError> {
     let mut bytes = Vec::new();
     // Certificate files are small; a bigger one is not ours.
-    file.by_ref()
-        .take(MAX_FILE_LEN + 1)
+    file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -150,7 +154,10 @@ fn create_new(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
 fn temporary_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{count}.tmp", std::process::id()))
 }
 

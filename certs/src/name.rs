@@ -46,7 +46,11 @@ pub(crate) fn check(name: &str) -> Result<(), &'static str> {
             return Err("a label starts or ends with '-'");
         }
     }
-    if name.rsplit('.').next().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit())) {
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err("the last label is all digits, which reads as an IP address");
     }
     if name.eq_ignore_ascii_case("ca") {
@@ -68,7 +72,15 @@ mod tests {
 
     #[test]
     fn accepts_dns_like_names() {
-        for name in ["a", "node1", "node-1", "node_1", "n1.dc-2.example", "A1", "1a"] {
+        for name in [
+            "a",
+            "node1",
+            "node-1",
+            "node_1",
+            "n1.dc-2.example",
+            "A1",
+            "1a",
+        ] {
             assert_eq!(check(name), Ok(()), "{name}");
         }
     }
@@ -76,8 +88,25 @@ mod tests {
     #[test]
     fn rejects_names_unsafe_as_file_or_dns_names() {
         for name in [
-            "", ".", "..", "../x", "a/b", "a\\b", "a b", "a..b", ".a", "a.", "-a", "a-", "a.-b",
-            "ca", "CA", "127.0.0.1", "123", "é", "a\0",
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a b",
+            "a..b",
+            ".a",
+            "a.",
+            "-a",
+            "a-",
+            "a.-b",
+            "ca",
+            "CA",
+            "127.0.0.1",
+            "123",
+            "é",
+            "a\0",
         ] {
             assert!(check(name).is_err(), "{name:?} accepted");
         }
@@ -87,7 +116,13 @@ mod tests {
     fn limits_lengths() {
         assert!(check(&"a".repeat(63)).is_ok());
         assert!(check(&"a".repeat(64)).is_err());
-        let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
         assert_eq!(long.len(), 253);
         assert!(check(&long).is_ok());
         assert!(check(&format!("{long}e")).is_err());
