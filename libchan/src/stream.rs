@@ -55,6 +55,14 @@ impl ByteStream {
         Self { slot: Arc::new(Mutex::new(Some(inner))) }
     }
 
+    pub(crate) fn from_pending(pending: PendingStream) -> Self {
+        let net = match pending {
+            PendingStream::Ready(stream) => NetState::Ready(stream),
+            PendingStream::Waiting(rx) => NetState::Waiting(rx),
+        };
+        Self::with(Inner::Net(NetBytes::new(net)))
+    }
+
     fn inner(&mut self) -> io::Result<&mut Inner> {
         slot_mut(&mut self.slot).ok_or_else(|| io::Error::other("byte stream was sent away"))
     }
@@ -173,11 +181,7 @@ impl<'de> Deserialize<'de> for ByteStream {
         let Required(id) = Required::<u64, TAG_BYTE_STREAM>::deserialize(deserializer)?;
         let (_session, pending) = context::import(id, Kind::ByteStream, Direction::OpenerSends)
             .map_err(D::Error::custom)?;
-        let net = match pending {
-            PendingStream::Ready(stream) => NetState::Ready(stream),
-            PendingStream::Waiting(rx) => NetState::Waiting(rx),
-        };
-        Ok(Self::with(Inner::Net(NetBytes::new(net))))
+        Ok(Self::from_pending(pending))
     }
 }
 

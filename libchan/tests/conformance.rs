@@ -1,0 +1,444 @@
+//! The conformance suite: written once, run over every transport.
+
+use std::time::Duration;
+
+use libchan::{byte_pipe, pipe, ByteStream, Limits, Receiver, Sender, Session, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Memory,
+    Duplex,
+    Tcp,
+    Unix,
+}
+
+/// Two connected sessions over `transport` (not for `Memory`).
+async fn sessions(transport: Transport) -> (Session, Session) {
+    sessions_with(transport, Limits::default()).await
+}
+
+async fn sessions_with(transport: Transport, limits: Limits) -> (Session, Session) {
+    match transport {
+        Transport::Memory => unreachable!("memory has no sessions"),
+        Transport::Duplex => {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let left = Session::over(a, true, limits.clone(), "left".into());
+            let right = Session::over(b, false, limits, "right".into());
+            let (left, right) = tokio::join!(left, right);
+            (left.unwrap(), right.unwrap())
+        }
+        Transport::Tcp => {
+            let listener = libchan::listen_with("tcp://127.0.0.1:0", limits.clone()).await.unwrap();
+            let client = libchan::connect_with(listener.local_url(), limits).await.unwrap();
+            (client, listener.accept().await.unwrap())
+        }
+        Transport::Unix => {
+            let dir = std::env::temp_dir().join(format!("libchan-test-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{:x}.sock", rand_id()));
+            let url = format!("unix://{}", path.display());
+            let listener = libchan::listen_with(&url, limits.clone()).await.unwrap();
+            let client = libchan::connect_with(&url, limits).await.unwrap();
+            let server = listener.accept().await.unwrap();
+            drop(listener);
+            (client, server)
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 32
+}
+
+/// A sender on one side and its receiver on the other.
+struct Pair {
+    sessions: Option<(Session, Session)>,
+}
+
+impl Pair {
+    async fn new(transport: Transport) -> Self {
+        match transport {
+            Transport::Memory => Self { sessions: None },
+            t => Self { sessions: Some(sessions(t).await) },
+        }
+    }
+
+    /// A channel from the left side to the right side.
+    async fn channel<T: libchan::Message>(&self) -> (Sender<T>, Receiver<T>) {
+        match &self.sessions {
+            None => pipe(),
+            Some((left, right)) => {
+                let tx = left.open::<T>().await.unwrap();
+                let rx = right.accept::<T>().await.unwrap();
+                (tx, rx)
+            }
+        }
+    }
+
+    /// A channel from the right side to the left side.
+    async fn channel_back<T: libchan::Message>(&self) -> (Sender<T>, Receiver<T>) {
+        match &self.sessions {
+            None => pipe(),
+            Some((left, right)) => {
+                let tx = right.open::<T>().await.unwrap();
+                let rx = left.accept::<T>().await.unwrap();
+                (tx, rx)
+            }
+        }
+    }
+}
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+}
+
+async fn order_kept(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<u64>().await;
+    let n = 20_000;
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            tx.send(i).await.unwrap();
+        }
+    });
+    within("order", async {
+        for i in 0..n {
+            assert_eq!(rx.recv().await.unwrap(), Some(i));
+        }
+        assert_eq!(rx.recv().await.unwrap(), None);
+    })
+    .await;
+    sending.await.unwrap();
+}
+
+async fn eof_after_close(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<String>().await;
+    for i in 0..100 {
+        tx.send(format!("message {i}")).await.unwrap();
+    }
+    tx.close().await;
+    within("eof", async {
+        for i in 0..100 {
+            assert_eq!(rx.recv().await.unwrap(), Some(format!("message {i}")));
+        }
+        assert_eq!(rx.recv().await.unwrap(), None, "EOF after everything sent before close");
+        assert_eq!(rx.recv().await.unwrap(), None, "EOF stays EOF");
+    })
+    .await;
+}
+
+#[derive(Deserialize, Serialize)]
+struct Level1 {
+    name: String,
+    down: Receiver<Level2>,
+    up: Sender<Level2>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Level2 {
+    depth: u32,
+    down: Option<Receiver<Level3>>,
+    up: Vec<Sender<Level3>>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Level3 {
+    depth: u32,
+    stream: Option<ByteStream>,
+}
+
+async fn nested_three_levels(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<Level1>().await;
+    // Left keeps the far ends of what it sends.
+    let (down_tx, down_rx) = pipe::<Level2>();
+    let (up_tx, mut up_rx) = pipe::<Level2>();
+    tx.send(Level1 { name: "one".into(), down: down_rx, up: up_tx }).await.unwrap();
+
+    let right = tokio::spawn(async move {
+        let one = rx.recv().await.unwrap().unwrap();
+        assert_eq!(one.name, "one");
+        let Level1 { mut down, up, .. } = one;
+        // Level 2 arrives from the left over a channel the left sent.
+        let two = down.recv().await.unwrap().unwrap();
+        assert_eq!(two.depth, 2);
+        let mut three_rx = two.down.unwrap();
+        let three = three_rx.recv().await.unwrap().unwrap();
+        assert_eq!(three.depth, 3);
+        let mut stream = three.stream.unwrap();
+        let mut got = String::new();
+        stream.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "from the left, three levels down");
+        // And back the other way: a level-2 message up, carrying a sender of level 3.
+        let (l3_tx, mut l3_rx) = pipe::<Level3>();
+        up.send(Level2 { depth: 20, down: None, up: vec![l3_tx] }).await.unwrap();
+        let back = l3_rx.recv().await.unwrap().unwrap();
+        assert_eq!(back.depth, 30);
+        let mut stream = back.stream.unwrap();
+        stream.write_all(b"from the right").await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+
+    let (l3_tx, l3_rx) = pipe::<Level3>();
+    down_tx.send(Level2 { depth: 2, down: Some(l3_rx), up: vec![] }).await.unwrap();
+    let (mut mine, theirs) = byte_pipe();
+    l3_tx.send(Level3 { depth: 3, stream: Some(theirs) }).await.unwrap();
+    mine.write_all(b"from the left, three levels down").await.unwrap();
+    mine.shutdown().await.unwrap();
+
+    within("nested", async {
+        let up = up_rx.recv().await.unwrap().unwrap();
+        assert_eq!(up.depth, 20);
+        let (s_mine, s_theirs) = byte_pipe();
+        up.up[0].send(Level3 { depth: 30, stream: Some(s_theirs) }).await.unwrap();
+        let mut s_mine = s_mine;
+        let mut got = String::new();
+        s_mine.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "from the right");
+        right.await.unwrap();
+    })
+    .await;
+}
+
+#[derive(Deserialize, Serialize)]
+struct Request {
+    n: u64,
+    reply: Sender<u64>,
+}
+
+async fn request_response(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<Request>().await;
+    let server = tokio::spawn(async move {
+        while let Some(req) = rx.recv().await.unwrap() {
+            req.reply.send(req.n * 2).await.unwrap();
+        }
+    });
+    within("request/response", async {
+        for n in 0..200 {
+            let (reply, mut answer) = pipe();
+            tx.send(Request { n, reply }).await.unwrap();
+            assert_eq!(answer.recv().await.unwrap(), Some(n * 2));
+            assert_eq!(answer.recv().await.unwrap(), None, "reply channel ends after one answer");
+        }
+    })
+    .await;
+    drop(tx);
+    server.await.unwrap();
+}
+
+async fn byte_stream_100_mib(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<ByteStream>().await;
+    let (mut mine, theirs) = byte_pipe();
+    tx.send(theirs).await.unwrap();
+    const TOTAL: usize = 100 << 20;
+    let writer = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut seed = 0x9e37_79b9_u32;
+        let mut sent = 0;
+        while sent < TOTAL {
+            for b in chunk.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                *b = seed as u8;
+            }
+            mine.write_all(&chunk).await.unwrap();
+            hash.update(&chunk);
+            sent += chunk.len();
+        }
+        mine.shutdown().await.unwrap();
+        hash.finalize()
+    });
+    let (count, digest) = within("100 MiB byte stream", async {
+        let mut stream = rx.recv().await.unwrap().unwrap();
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut count = 0;
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            count += n;
+        }
+        (count, hash.finalize())
+    })
+    .await;
+    assert_eq!(count, TOTAL);
+    assert_eq!(digest, writer.await.unwrap(), "checksums differ");
+}
+
+async fn thousand_channels(t: Transport) {
+    let pair = Pair::new(t).await;
+    let mut tasks = Vec::new();
+    for i in 0..1000u32 {
+        // Half opened by each side, all open at the same time.
+        let (tx, mut rx) = if i % 2 == 0 {
+            pair.channel::<u32>().await
+        } else {
+            pair.channel_back::<u32>().await
+        };
+        tasks.push(tokio::spawn(async move {
+            for k in 0..10 {
+                tx.send(i * 100 + k).await.unwrap();
+            }
+            (tx, rx.recv().await)
+        }));
+    }
+    // Every channel is open at once: keep all senders alive until each delivered.
+    let mut receivers = Vec::new();
+    for task in tasks {
+        let (tx, first) = within("thousand", task).await.unwrap();
+        receivers.push((tx, first.unwrap().unwrap()));
+    }
+    for (i, (_, first)) in receivers.iter().enumerate() {
+        assert_eq!(*first, i as u32 * 100);
+    }
+}
+
+async fn relay_chain(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return relay_chain_memory().await;
+    }
+    // a -> b -> c: b forwards untyped values with their handles.
+    let (a, b_left) = sessions(t).await;
+    let (b_right, c) = sessions(t).await;
+    let to_b = a.open::<Request>().await.unwrap();
+    let mut at_b = b_left.accept::<Value>().await.unwrap();
+    let b_to_c = b_right.open::<Value>().await.unwrap();
+    let relay = tokio::spawn(libchan::copy(at_b_take(&mut at_b), b_to_c));
+    let mut at_c = c.accept::<Request>().await.unwrap();
+    let server = tokio::spawn(async move {
+        while let Some(req) = at_c.recv().await.unwrap() {
+            req.reply.send(req.n + 1).await.unwrap();
+        }
+    });
+    within("relay chain", async {
+        for n in 0..50 {
+            let (reply, mut answer) = pipe();
+            to_b.send(Request { n, reply }).await.unwrap();
+            assert_eq!(answer.recv().await.unwrap(), Some(n + 1));
+        }
+    })
+    .await;
+    drop(to_b);
+    assert_eq!(within("relay end", relay).await.unwrap().unwrap(), 50);
+    within("server end", server).await.unwrap();
+}
+
+fn at_b_take(rx: &mut Receiver<Value>) -> Receiver<Value> {
+    std::mem::replace(rx, pipe::<Value>().1)
+}
+
+async fn relay_chain_memory() {
+    let (tx, rx) = pipe::<Request>();
+    let (tx2, mut rx2) = pipe::<Request>();
+    let relay = tokio::spawn(libchan::copy(rx, tx2));
+    let (reply, mut answer) = pipe();
+    tx.send(Request { n: 1, reply }).await.unwrap();
+    let req = rx2.recv().await.unwrap().unwrap();
+    req.reply.send(2).await.unwrap();
+    assert_eq!(answer.recv().await.unwrap(), Some(2));
+    drop(tx);
+    assert_eq!(relay.await.unwrap().unwrap(), 1);
+}
+
+async fn receiver_dropped_closes_sender(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<u32>().await;
+    tx.send(1).await.unwrap();
+    assert_eq!(within("first", rx.recv()).await.unwrap(), Some(1));
+    drop(rx);
+    within("closed", tx.closed()).await;
+    let err = tx.send(2).await.unwrap_err();
+    assert!(err.is_closed(), "{err}");
+    assert_eq!(err.into_inner(), 2, "the value comes back");
+}
+
+async fn drop_right_after_write(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<Vec<u8>>().await;
+    let sending = tokio::spawn(async move {
+        for i in 0..1000u32 {
+            tx.send(i.to_be_bytes().repeat(100)).await.unwrap();
+        }
+        drop(tx);
+    });
+    within("drop after write", async {
+        for i in 0..1000u32 {
+            assert_eq!(rx.recv().await.unwrap(), Some(i.to_be_bytes().repeat(100)));
+        }
+        assert_eq!(rx.recv().await.unwrap(), None);
+    })
+    .await;
+    sending.await.unwrap();
+    // The same for a byte stream dropped without shutdown.
+    let (tx, mut rx) = pair.channel::<ByteStream>().await;
+    let (mut mine, theirs) = byte_pipe();
+    tx.send(theirs).await.unwrap();
+    mine.write_all(&[7u8; 100_000]).await.unwrap();
+    drop(mine);
+    within("byte stream drop after write", async {
+        let mut stream = rx.recv().await.unwrap().unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 100_000);
+    })
+    .await;
+}
+
+async fn fail_reaches_receiver(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<u32>().await;
+    tx.send(5).await.unwrap();
+    tx.fail("disk on fire").await;
+    within("fail", async {
+        assert_eq!(rx.recv().await.unwrap(), Some(5));
+        let err = rx.recv().await.unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+    })
+    .await;
+}
+
+macro_rules! conformance {
+    ($($transport:ident => $module:ident),*) => {$(
+        mod $module {
+            use super::*;
+            const T: Transport = Transport::$transport;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn order_kept() { super::order_kept(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn eof_after_close() { super::eof_after_close(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nested_three_levels() { super::nested_three_levels(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn request_response() { super::request_response(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_stream_100_mib() { super::byte_stream_100_mib(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn thousand_channels() { super::thousand_channels(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn relay_chain() { super::relay_chain(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn receiver_dropped_closes_sender() { super::receiver_dropped_closes_sender(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn drop_right_after_write() { super::drop_right_after_write(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fail_reaches_receiver() { super::fail_reaches_receiver(T).await }
+        }
+    )*};
+}
+
+conformance!(Memory => memory, Duplex => duplex, Tcp => tcp, Unix => unix);
