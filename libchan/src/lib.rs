@@ -42,6 +42,8 @@ pub mod proto;
 mod session;
 mod stream;
 mod transport;
+#[doc(hidden)]
+pub use transport::raw;
 mod value;
 
 pub use chan::{copy, pipe, pipe_with_capacity, Message, Receiver, Sender};

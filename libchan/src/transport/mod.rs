@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// One multiplexed stream, split into halves, with its share of the session's stream limit.
 pub(crate) struct RawStream {
@@ -31,4 +31,45 @@ pub(crate) trait Mux: Send + Sync + 'static {
     fn open(&self) -> BoxFuture<'static, io::Result<RawStream>>;
     /// Starts closing the connection; streams fail afterwards.
     fn close(&self);
+}
+
+/// Raw yamux streams on the same driver the sessions use, without libchan's framing: the
+/// baseline the benchmarks compare against. Not a stable API.
+#[doc(hidden)]
+pub mod raw {
+    use super::*;
+    pub use super::{BoxRead, BoxWrite};
+
+    /// A yamux connection's raw streams.
+    pub struct RawYamux {
+        mux: super::yamux::YamuxMux,
+        /// Streams the peer opened.
+        pub inbound: tokio::sync::mpsc::Receiver<(BoxRead, BoxWrite)>,
+    }
+
+    impl RawYamux {
+        /// Starts yamux on `io`; `dialer` on exactly one side.
+        pub fn start<S>(io: S, dialer: bool) -> Self
+        where
+            S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        {
+            let (mux, mut inbound, _done) = super::yamux::start(io, dialer, &crate::Limits::default());
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(async move {
+                while let Some(stream) = inbound.recv().await {
+                    let _ = tx.send((stream.read, stream.write)).await;
+                }
+            });
+            Self { mux, inbound: rx }
+        }
+
+        /// Opens a stream.
+        ///
+        /// # Errors
+        /// The connection is gone.
+        pub async fn open(&self) -> io::Result<(BoxRead, BoxWrite)> {
+            let stream = self.mux.open().await?;
+            Ok((stream.read, stream.write))
+        }
+    }
 }

@@ -1,0 +1,247 @@
+//! Bad input from a peer: each gets a clear error on the affected channel or stream, never a
+//! panic, and the session goes on serving other channels.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use libchan::proto::{frame, Accept, Code, Direction, FrameType, Kind, Open};
+use libchan::raw::{BoxRead, BoxWrite, RawYamux};
+use libchan::{Limits, RecvError, Sender, Session, PREAMBLE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A libchan session on one side, a hand-driven yamux peer on the other.
+async fn hostile_pair(limits: Limits) -> (Session, RawYamux) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut peer = TcpStream::connect(addr).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let session = tokio::spawn(Session::over(server, false, limits, "hostile".into()));
+    peer.write_all(PREAMBLE).await.unwrap();
+    let mut theirs = [0u8; 8];
+    peer.read_exact(&mut theirs).await.unwrap();
+    let session = session.await.unwrap().unwrap();
+    (session, RawYamux::start(peer, true))
+}
+
+fn frame_bytes(ty: FrameType, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    frame::encode(ty, payload, &mut out);
+    out.to_vec()
+}
+
+fn open_frame(ref_id: u64, parent: u64, kind: Kind, direction: Direction) -> Vec<u8> {
+    let open = Open { kind, ref_id, parent, direction, content_type: None };
+    frame_bytes(FrameType::Open, &open.encode())
+}
+
+fn cbor<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).unwrap();
+    out
+}
+
+/// Opens a top-level channel from the hostile peer with ref `ref_id`.
+async fn raw_channel(peer: &RawYamux, ref_id: u64) -> (BoxRead, BoxWrite) {
+    let (r, mut w) = peer.open().await.unwrap();
+    w.write_all(&open_frame(ref_id, 0, Kind::Channel, Direction::OpenerSends)).await.unwrap();
+    (r, w)
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("no answer within 20 s")
+}
+
+/// A well-formed channel still works on `session` after the abuse.
+async fn still_serving(session: &Session, peer: &RawYamux, ref_id: u64) {
+    let (_r, mut w) = raw_channel(peer, ref_id).await;
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&"still here"))).await.unwrap();
+    let mut rx = within(session.accept::<String>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap().as_deref(), Some("still here"));
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_is_refused_before_allocating() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    // Announce a 4 GiB frame; send only its header.
+    w.write_all(&[0xff, 0xff, 0xff, 0xff, FrameType::Msg as u8]).await.unwrap();
+    let mut rx = within(session.accept::<u32>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("exceeds the limit")), "{err}");
+    still_serving(&session, &peer, 3).await;
+}
+
+#[tokio::test]
+async fn malformed_cbor_fails_one_message_and_the_channel_goes_on() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    w.write_all(&frame_bytes(FrameType::Msg, &[0xff, 0x00])).await.unwrap();
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&7u32))).await.unwrap();
+    let mut rx = within(session.accept::<u32>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Decode(_)), "{err}");
+    assert!(!err.is_fatal());
+    assert_eq!(within(rx.recv()).await.unwrap(), Some(7));
+}
+
+#[tokio::test]
+async fn trailing_bytes_after_a_message_are_a_protocol_error() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let mut payload = cbor(&7u32);
+    payload.push(0x00);
+    w.write_all(&frame_bytes(FrameType::Msg, &payload)).await.unwrap();
+    let mut rx = within(session.accept::<u32>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("after the message")), "{err}");
+    still_serving(&session, &peer, 3).await;
+}
+
+#[tokio::test]
+async fn reference_from_another_channel_is_refused() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    // A nested stream that claims to belong to channel 5, named in a message on channel 1.
+    let (_nr, mut nw) = peer.open().await.unwrap();
+    nw.write_all(&open_frame(3, 5, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let tag = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
+    let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("belongs to channel 5")), "{err}");
+    still_serving(&session, &peer, 7).await;
+}
+
+#[tokio::test]
+async fn byte_stream_where_a_channel_is_expected_is_refused() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let (_nr, mut nw) = peer.open().await.unwrap();
+    nw.write_all(&open_frame(3, 1, Kind::ByteStream, Direction::OpenerSends)).await.unwrap();
+    let tag = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
+    let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
+    match within(rx.recv()).await {
+        // The stream may arrive before or after the message: either way the handle fails.
+        Err(RecvError::Protocol(m)) => assert!(m.contains("was expected"), "{m}"),
+        Ok(Some(sender)) => {
+            within(sender.closed()).await;
+            assert!(sender.send(1).await.unwrap_err().is_closed());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn duplicate_and_excess_references_are_refused() {
+    let mut limits = Limits::default();
+    limits.max_refs_per_message = 4;
+    let (session, peer) = hostile_pair(limits).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let tag = |id: u64| ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(id.into())));
+    // The same reference twice in one message.
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&vec![tag(3), tag(3)]))).await.unwrap();
+    let mut rx = within(session.accept::<Vec<Sender<u32>>>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("twice")), "{err}");
+
+    // At the limit: accepted (the streams never come; the handles fail after the TTL).
+    let (_r, mut w) = raw_channel(&peer, 5).await;
+    let four: Vec<_> = (0..4).map(|i| tag(101 + 2 * i)).collect();
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&four))).await.unwrap();
+    let five: Vec<_> = (0..5).map(|i| tag(201 + 2 * i)).collect();
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&five))).await.unwrap();
+    let mut rx = within(session.accept::<Vec<Sender<u32>>>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap().unwrap().len(), 4);
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("more than 4 references")), "{err}");
+    still_serving(&session, &peer, 9).await;
+}
+
+#[tokio::test]
+async fn nesting_deeper_than_the_limit_is_refused() {
+    let mut limits = Limits::default();
+    limits.max_depth = 16;
+    let (session, peer) = hostile_pair(limits).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let ok = [vec![0x81u8; 15], vec![0x00]].concat();
+    let deep = [vec![0x81u8; 17], vec![0x00]].concat();
+    w.write_all(&frame_bytes(FrameType::Msg, &ok)).await.unwrap();
+    w.write_all(&frame_bytes(FrameType::Msg, &deep)).await.unwrap();
+    let mut rx = within(session.accept::<ciborium::Value>()).await.unwrap();
+    assert!(within(rx.recv()).await.unwrap().is_some(), "15 levels are within the limit");
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("deeper than the limit")), "{err}");
+    still_serving(&session, &peer, 3).await;
+}
+
+#[tokio::test]
+async fn opens_beyond_the_accept_queue_are_refused_with_a_code() {
+    let mut limits = Limits::default();
+    limits.accept_queue = 4;
+    let (session, peer) = hostile_pair(limits).await;
+    let mut refused = 0;
+    let mut streams = Vec::new();
+    for i in 0..6u64 {
+        let (mut r, w) = raw_channel(&peer, 1 + 2 * i).await;
+        let mut header = [0u8; 5];
+        within(r.read_exact(&mut header)).await.unwrap();
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut payload = vec![0; len - 1];
+        within(r.read_exact(&mut payload)).await.unwrap();
+        let accept = Accept::decode(&payload).unwrap();
+        if accept.status == Code::AcceptQueueFull {
+            refused += 1;
+        } else {
+            assert_eq!(accept.status, Code::Ok);
+        }
+        streams.push((r, w));
+    }
+    assert_eq!(refused, 2, "a queue of 4 takes 4 of 6 opens");
+    for _ in 0..4 {
+        within(session.accept::<u32>()).await.unwrap();
+    }
+    still_serving(&session, &peer, 101).await;
+}
+
+#[tokio::test]
+async fn streams_that_never_send_open_time_out() {
+    let mut limits = Limits::default();
+    limits.open_timeout = Duration::from_millis(300);
+    let (session, peer) = hostile_pair(limits).await;
+    // Open streams and write nothing; yamux shows them to the acceptor once a byte arrives,
+    // so send half a header.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let (r, mut w) = peer.open().await.unwrap();
+        w.write_all(&[0, 0]).await.unwrap();
+        idle.push((r, w));
+    }
+    // Each idle stream is reset by the acceptor after the timeout.
+    for (r, _w) in idle.iter_mut() {
+        let mut buf = [0u8; 1];
+        let read = within(r.read(&mut buf)).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "idle stream got {read:?}");
+    }
+    still_serving(&session, &peer, 1).await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_the_preamble_is_refused() {
+    let listener = libchan::listen("tcp://127.0.0.1:0").await.unwrap();
+    let addr = listener.local_url().trim_start_matches("tcp://").to_string();
+    let mut peer = TcpStream::connect(&addr).await.unwrap();
+    peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    // The listener answers with its preamble and then drops the connection.
+    let _ = within(peer.read_to_end(&mut buf)).await;
+    assert!(buf.starts_with(PREAMBLE));
+    // And keeps serving well-behaved clients.
+    let client = within(libchan::connect(listener.local_url())).await.unwrap();
+    let server = within(listener.accept()).await.unwrap();
+    let tx = client.open::<u8>().await.unwrap();
+    tx.send(1).await.unwrap();
+    let mut rx = within(server.accept::<u8>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap(), Some(1));
+}
