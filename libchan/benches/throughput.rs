@@ -37,7 +37,8 @@ fn main() {
     } else {
         Scale { messages: 2_000_000, round_trips: 20_000, bulk: 1 << 30, opens: 20_000 }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(run(scale));
 }
 
@@ -54,7 +55,12 @@ async fn run(scale: Scale) {
 
     let raw = bulk_raw(scale.bulk).await;
     let chan = bulk_libchan(scale.bulk).await;
-    rows.push(("byte stream bulk (GB/s)", format!("{:.2}", raw / 1e9), format!("{:.2}", chan / 1e9), chan / raw));
+    rows.push((
+        "byte stream bulk (GB/s)",
+        format!("{:.2}", raw / 1e9),
+        format!("{:.2}", chan / 1e9),
+        chan / raw,
+    ));
 
     let raw = opens_raw(scale.opens).await;
     let chan = opens_libchan(scale.opens).await;

@@ -28,7 +28,8 @@ async fn main() -> Result<(), Error> {
         while let Some(mut request) = requests.recv().await? {
             let mut body = String::new();
             request.upload.read_to_string(&mut body).await?;
-            let answer = format!("hello {}, you uploaded {} bytes: {body:?}", request.name, body.len());
+            let answer =
+                format!("hello {}, you uploaded {} bytes: {body:?}", request.name, body.len());
             request.reply.send(answer).await.map_err(|e| e.to_string())?;
         }
         println!("server: client closed the channel");

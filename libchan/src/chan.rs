@@ -237,7 +237,8 @@ impl<T: Message> Serialize for Sender<T> {
         let local = self.clone();
         let start: context::Start = Box::new(move |session, ref_id, stream| {
             Box::pin(async move {
-                let remote = Receiver::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
+                let remote =
+                    Receiver::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
                 let _ = copy(remote, local).await;
             })
         });
@@ -551,7 +552,8 @@ impl<T: Message> Serialize for Receiver<T> {
             Box::pin(async move {
                 let Some(inner) = lock(&slot).take() else { return };
                 drop(slot);
-                let remote = Sender::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
+                let remote =
+                    Sender::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
                 let _ = copy(Receiver::with(inner), remote).await;
             })
         });
@@ -564,8 +566,8 @@ impl<T: Message> Serialize for Receiver<T> {
 impl<'de, T: Message> Deserialize<'de> for Receiver<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let Required(id) = Required::<u64, TAG_RECEIVER>::deserialize(deserializer)?;
-        let (session, pending) = context::import(id, Kind::Channel, Direction::OpenerSends)
-            .map_err(D::Error::custom)?;
+        let (session, pending) =
+            context::import(id, Kind::Channel, Direction::OpenerSends).map_err(D::Error::custom)?;
         Ok(Self::from_net(session, id, pending, false))
     }
 }
@@ -580,7 +582,11 @@ struct NetReceiver {
 
 enum NetState {
     Waiting(oneshot::Receiver<Result<RawStream, String>>),
-    Ready { reader: FrameReader<BoxRead>, write: BoxWrite, permit: Option<tokio::sync::OwnedSemaphorePermit> },
+    Ready {
+        reader: FrameReader<BoxRead>,
+        write: BoxWrite,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
     Done,
 }
 
@@ -623,19 +629,24 @@ impl NetReceiver {
                                 Err(e) => Err(RecvError::Protocol(e.to_string())),
                             }
                         }
-                        _ if accept_pending => {
-                            Err(RecvError::Protocol("first frame from the acceptor is not ACCEPT".into()))
+                        _ if accept_pending => Err(RecvError::Protocol(
+                            "first frame from the acceptor is not ACCEPT".into(),
+                        )),
+                        Ok(Some((FrameType::Msg, payload))) => {
+                            return Poll::Ready(Ok(Some(payload)))
                         }
-                        Ok(Some((FrameType::Msg, payload))) => return Poll::Ready(Ok(Some(payload))),
-                        Ok(Some((FrameType::CloseErr, payload))) => match CloseErr::decode(&payload) {
-                            Ok(close) => {
-                                Err(RecvError::Remote { code: close.code, message: close.message })
+                        Ok(Some((FrameType::CloseErr, payload))) => {
+                            match CloseErr::decode(&payload) {
+                                Ok(close) => Err(RecvError::Remote {
+                                    code: close.code,
+                                    message: close.message,
+                                }),
+                                Err(e) => Err(RecvError::Protocol(e.to_string())),
                             }
-                            Err(e) => Err(RecvError::Protocol(e.to_string())),
-                        },
-                        Ok(Some((ty, _))) => {
-                            Err(RecvError::Protocol(format!("unexpected {ty:?} frame on a channel")))
                         }
+                        Ok(Some((ty, _))) => Err(RecvError::Protocol(format!(
+                            "unexpected {ty:?} frame on a channel"
+                        ))),
                         Ok(None) => Ok(None),
                         Err(e) => Err(e.into()),
                     };
@@ -649,7 +660,8 @@ impl NetReceiver {
 
     /// Ends our side of the stream; `tell` sends RECV_CLOSED first, so the sender stops.
     fn stop(&mut self, tell: bool) {
-        let NetState::Ready { reader, mut write, permit } = std::mem::replace(&mut self.state, NetState::Done)
+        let NetState::Ready { reader, mut write, permit } =
+            std::mem::replace(&mut self.state, NetState::Done)
         else {
             return;
         };
@@ -670,7 +682,11 @@ impl Drop for NetReceiver {
     }
 }
 
-fn decode<T: Message>(session: &Arc<SessionInner>, parent: u64, payload: &[u8]) -> Result<T, RecvError> {
+fn decode<T: Message>(
+    session: &Arc<SessionInner>,
+    parent: u64,
+    payload: &[u8],
+) -> Result<T, RecvError> {
     let state = DecodeState { session: session.clone(), parent, claimed: Vec::new(), error: None };
     let mut rest = payload;
     let depth = session.limits.max_depth;
@@ -687,7 +703,10 @@ fn decode<T: Message>(session: &Arc<SessionInner>, parent: u64, payload: &[u8]) 
         other => RecvError::Decode(other.to_string()),
     })?;
     if !rest.is_empty() {
-        return Err(RecvError::Protocol(format!("{} bytes after the message's CBOR item", rest.len())));
+        return Err(RecvError::Protocol(format!(
+            "{} bytes after the message's CBOR item",
+            rest.len()
+        )));
     }
     Ok(value)
 }

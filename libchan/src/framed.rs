@@ -92,7 +92,8 @@ pub(crate) async fn read_control<R: AsyncRead + Unpin>(
         Ok(_) => {}
         Err(e) => return Err(ReadError::Frame(e)),
     }
-    let ty = FrameType::from_u8(header[4]).ok_or(ReadError::Frame(FrameError::UnknownType(header[4])))?;
+    let ty = FrameType::from_u8(header[4])
+        .ok_or(ReadError::Frame(FrameError::UnknownType(header[4])))?;
     let mut payload = vec![0; len - 1];
     read.read_exact(&mut payload).await.map_err(ReadError::Io)?;
     Ok((ty, payload))

@@ -111,9 +111,11 @@ impl Session {
         if let Some(reason) = inner.closed.borrow().clone() {
             return Err(OpenError::SessionClosed(reason));
         }
-        let permit = inner.outbound.clone().try_acquire_owned().map_err(|_| {
-            OpenError::TooManyStreams { limit: inner.limits.max_streams / 2 }
-        })?;
+        let permit = inner
+            .outbound
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OpenError::TooManyStreams { limit: inner.limits.max_streams / 2 })?;
         let open = Open {
             kind: Kind::Channel,
             ref_id: inner.next_ref(),
@@ -121,7 +123,8 @@ impl Session {
             direction: Direction::OpenerSends,
             content_type: None,
         };
-        let mut stream = inner.mux.open().await.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        let mut stream =
+            inner.mux.open().await.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
         stream.permit = Some(permit);
         write_frame(&mut stream.write, FrameType::Open, &open.encode())
             .await
@@ -136,7 +139,12 @@ impl Session {
     /// Cancel safe: a channel is taken from the queue only when this returns it.
     pub async fn accept<T: Message>(&self) -> Option<Receiver<T>> {
         let (open, stream) = self.accept_rx.lock().await.recv().await?;
-        Some(Receiver::from_net(self.inner.clone(), open.ref_id, PendingStream::Ready(stream), false))
+        Some(Receiver::from_net(
+            self.inner.clone(),
+            open.ref_id,
+            PendingStream::Ready(stream),
+            false,
+        ))
     }
 
     /// The authenticated node name of the peer (from its certificate), on TLS and QUIC.
@@ -463,7 +471,10 @@ async fn route(
                 let why = format!("accept queue of {} is full", inner.limits.accept_queue);
                 return refuse(stream, Code::AcceptQueueFull, &why, &inner).await;
             };
-            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await.is_ok() {
+            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode())
+                .await
+                .is_ok()
+            {
                 slot.send((open, stream));
             }
         }
@@ -472,7 +483,10 @@ async fn route(
                 let why = format!("more than {} references pending", inner.limits.max_pending_refs);
                 return refuse(stream, Code::Rendezvous, &why, &inner).await;
             }
-            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await.is_err() {
+            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode())
+                .await
+                .is_err()
+            {
                 return;
             }
             if let Err(why) = inner.arrive(open, stream) {
@@ -562,14 +576,18 @@ async fn expire_pending(session: Weak<SessionInner>) {
         let expired: Vec<(u64, Entry)> = lock(&inner.rendezvous)
             .entries
             .extract_if(|_, entry| match entry {
-                Entry::Arrived { deadline, .. } | Entry::Awaited { deadline, .. } => *deadline <= now,
+                Entry::Arrived { deadline, .. } | Entry::Awaited { deadline, .. } => {
+                    *deadline <= now
+                }
             })
             .collect();
         for (ref_id, entry) in expired {
             tracing::warn!(peer = %inner.peer, ref_id, "reference not paired within its TTL");
             if let Entry::Awaited { tx, .. } = entry {
                 let ttl = inner.limits.pending_ref_ttl.as_secs_f64();
-                let _ = tx.send(Err(format!("referenced stream {ref_id} did not arrive within {ttl:.1} s")));
+                let _ = tx.send(Err(format!(
+                    "referenced stream {ref_id} did not arrive within {ttl:.1} s"
+                )));
             }
         }
     }

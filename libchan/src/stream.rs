@@ -83,7 +83,9 @@ impl NetBytes {
         }
         match &mut self.state {
             NetState::Ready(stream) => Poll::Ready(Ok(stream)),
-            NetState::Failed(reason) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason.clone()))),
+            NetState::Failed(reason) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason.clone())))
+            }
             // Invariant: Waiting was replaced just above.
             NetState::Waiting(_) => unreachable!("byte stream still waiting after resolving"),
         }
@@ -93,7 +95,8 @@ impl NetBytes {
 impl Drop for NetBytes {
     fn drop(&mut self) {
         // Close before drop: a yamux stream dropped open is reset and loses queued bytes.
-        let NetState::Ready(mut stream) = std::mem::replace(&mut self.state, NetState::Failed(String::new()))
+        let NetState::Ready(mut stream) =
+            std::mem::replace(&mut self.state, NetState::Failed(String::new()))
         else {
             return;
         };
@@ -106,7 +109,11 @@ impl Drop for NetBytes {
 }
 
 impl AsyncRead for ByteStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut().inner()? {
             Inner::Mem(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.read).poll_read(cx, buf),
@@ -115,7 +122,11 @@ impl AsyncRead for ByteStream {
 }
 
 impl AsyncWrite for ByteStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut().inner()? {
             Inner::Mem(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_write(cx, buf),
@@ -160,7 +171,8 @@ impl Serialize for ByteStream {
                     _ => return,
                 }
                 drop(session);
-                let mut remote = ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
+                let mut remote =
+                    ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut local,
                     &mut remote,

@@ -9,7 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::proto::{Direction, Kind};
 use crate::{context, ByteStream, Receiver, Sender};
-use crate::{TAG_BYTE_STREAM, TAG_BYTE_STREAM_READ, TAG_BYTE_STREAM_WRITE, TAG_RECEIVER, TAG_SENDER};
+use crate::{
+    TAG_BYTE_STREAM, TAG_BYTE_STREAM_READ, TAG_BYTE_STREAM_WRITE, TAG_RECEIVER, TAG_SENDER,
+};
 
 /// A message of unknown type: its CBOR data, where each handle appears as its reference tag
 /// holding an index into `handles`. Receiving a `Value` and sending it on forwards the message
@@ -64,11 +66,14 @@ impl Serialize for Walk<'_> {
                     Some(Handle::Sender(h)) => h.serialize(serializer),
                     Some(Handle::Receiver(h)) => h.serialize(serializer),
                     Some(Handle::ByteStream(h)) => h.serialize(serializer),
-                    None => Err(S::Error::custom(format!("value names handle {inner:?} it does not hold"))),
+                    None => Err(S::Error::custom(format!(
+                        "value names handle {inner:?} it does not hold"
+                    ))),
                 }
             }
             V::Tag(tag, inner) => {
-                Captured(Some(*tag), Walk { value: inner, handles: self.handles }).serialize(serializer)
+                Captured(Some(*tag), Walk { value: inner, handles: self.handles })
+                    .serialize(serializer)
             }
             V::Array(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
@@ -107,7 +112,9 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
     match value {
         V::Tag(tag, inner) if is_handle_tag(*tag) || (53253..=53255).contains(tag) => {
             let id = match inner.as_ref() {
-                V::Integer(i) => u64::try_from(i128::from(*i)).map_err(|_| "negative reference id")?,
+                V::Integer(i) => {
+                    u64::try_from(i128::from(*i)).map_err(|_| "negative reference id")?
+                }
                 _ => return Err(format!("reference tag {tag} does not hold an integer")),
             };
             let (kind, direction) = match *tag {
@@ -137,5 +144,8 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
 }
 
 fn is_handle_tag(tag: u64) -> bool {
-    matches!(tag, TAG_SENDER | TAG_RECEIVER | TAG_BYTE_STREAM | TAG_BYTE_STREAM_READ | TAG_BYTE_STREAM_WRITE)
+    matches!(
+        tag,
+        TAG_SENDER | TAG_RECEIVER | TAG_BYTE_STREAM | TAG_BYTE_STREAM_READ | TAG_BYTE_STREAM_WRITE
+    )
 }

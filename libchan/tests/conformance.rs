@@ -285,11 +285,8 @@ async fn thousand_channels(t: Transport) {
     let mut tasks = Vec::new();
     for i in 0..1000u32 {
         // Half opened by each side, all open at the same time.
-        let (tx, mut rx) = if i % 2 == 0 {
-            pair.channel::<u32>().await
-        } else {
-            pair.channel_back::<u32>().await
-        };
+        let (tx, mut rx) =
+            if i % 2 == 0 { pair.channel::<u32>().await } else { pair.channel_back::<u32>().await };
         tasks.push(tokio::spawn(async move {
             for k in 0..10 {
                 tx.send(i * 100 + k).await.unwrap();

@@ -105,11 +105,15 @@ async fn reference_from_another_channel_is_refused() {
     // A nested stream that claims to belong to channel 5, named in a message on channel 1.
     let (_nr, mut nw) = peer.open().await.unwrap();
     nw.write_all(&open_frame(3, 5, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
-    let tag = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
+    let tag =
+        ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
     w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
     let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
     let err = within(rx.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("belongs to channel 5")), "{err}");
+    assert!(
+        matches!(err, RecvError::Protocol(ref m) if m.contains("belongs to channel 5")),
+        "{err}"
+    );
     still_serving(&session, &peer, 7).await;
 }
 
@@ -119,7 +123,8 @@ async fn byte_stream_where_a_channel_is_expected_is_refused() {
     let (_r, mut w) = raw_channel(&peer, 1).await;
     let (_nr, mut nw) = peer.open().await.unwrap();
     nw.write_all(&open_frame(3, 1, Kind::ByteStream, Direction::OpenerSends)).await.unwrap();
-    let tag = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
+    let tag =
+        ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
     w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
     let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
     match within(rx.recv()).await {
@@ -139,7 +144,9 @@ async fn duplicate_and_excess_references_are_refused() {
     limits.max_refs_per_message = 4;
     let (session, peer) = hostile_pair(limits).await;
     let (_r, mut w) = raw_channel(&peer, 1).await;
-    let tag = |id: u64| ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(id.into())));
+    let tag = |id: u64| {
+        ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(id.into())))
+    };
     // The same reference twice in one message.
     w.write_all(&frame_bytes(FrameType::Msg, &cbor(&vec![tag(3), tag(3)]))).await.unwrap();
     let mut rx = within(session.accept::<Vec<Sender<u32>>>()).await.unwrap();
@@ -155,7 +162,10 @@ async fn duplicate_and_excess_references_are_refused() {
     let mut rx = within(session.accept::<Vec<Sender<u32>>>()).await.unwrap();
     assert_eq!(within(rx.recv()).await.unwrap().unwrap().len(), 4);
     let err = within(rx.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("more than 4 references")), "{err}");
+    assert!(
+        matches!(err, RecvError::Protocol(ref m) if m.contains("more than 4 references")),
+        "{err}"
+    );
     still_serving(&session, &peer, 9).await;
 }
 
@@ -172,7 +182,10 @@ async fn nesting_deeper_than_the_limit_is_refused() {
     let mut rx = within(session.accept::<ciborium::Value>()).await.unwrap();
     assert!(within(rx.recv()).await.unwrap().is_some(), "15 levels are within the limit");
     let err = within(rx.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("deeper than the limit")), "{err}");
+    assert!(
+        matches!(err, RecvError::Protocol(ref m) if m.contains("deeper than the limit")),
+        "{err}"
+    );
     still_serving(&session, &peer, 3).await;
 }
 

@@ -13,7 +13,9 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The read half of a multiplexed stream.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a multiplexed stream.
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// One multiplexed stream, split into halves, with its share of the session's stream limit.
@@ -53,7 +55,8 @@ pub mod raw {
         where
             S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         {
-            let (mux, mut inbound, _done) = super::yamux::start(io, dialer, &crate::Limits::default());
+            let (mux, mut inbound, _done) =
+                super::yamux::start(io, dialer, &crate::Limits::default());
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
             tokio::spawn(async move {
                 while let Some(stream) = inbound.recv().await {

@@ -118,7 +118,12 @@ impl Session {
     ///
     /// # Errors
     /// The handshake times out, fails, or the peer does not speak libchan/1.
-    pub async fn over<S>(io: S, dialer: bool, limits: Limits, peer: String) -> Result<Self, ConnectError>
+    pub async fn over<S>(
+        io: S,
+        dialer: bool,
+        limits: Limits,
+        peer: String,
+    ) -> Result<Self, ConnectError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
