@@ -70,9 +70,7 @@ impl Ca {
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(IssueError::Generate)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -114,33 +112,20 @@ impl Ca {
             return Err(LoadError::NotCa { path: cert_path });
         }
         if key.subject_public_key_info() != parsed.public_key().raw {
-            return Err(LoadError::KeyMismatch {
-                key: key_path,
-                cert: cert_path,
-            });
+            return Err(LoadError::KeyMismatch { key: key_path, cert: cert_path });
         }
         certificate::check_validity(&cert_path, &parsed, SystemTime::now())?;
         let common_name = certificate::common_name(&parsed)
-            .map_err(|reason| LoadError::BadCertificate {
-                path: cert_path.clone(),
-                reason,
-            })?
+            .map_err(|reason| LoadError::BadCertificate { path: cert_path.clone(), reason })?
             .unwrap_or_default()
             .to_owned();
         let validity = certificate::validity(&parsed);
         drop(parsed);
 
-        let issuer =
-            Issuer::from_ca_cert_der(&cert, key).map_err(|error| LoadError::BadCertificate {
-                path: cert_path,
-                reason: error.to_string(),
-            })?;
-        Ok(Self {
-            common_name,
-            cert,
-            issuer,
-            validity,
-        })
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|error| {
+            LoadError::BadCertificate { path: cert_path, reason: error.to_string() }
+        })?;
+        Ok(Self { common_name, cert, issuer, validity })
     }
 
     /// Writes `DIR/ca.crt` and `DIR/ca.key` (PEM), creating `DIR` (mode 0700) if needed.
@@ -200,18 +185,14 @@ impl Ca {
         ips: &[IpAddr],
         validity: Validity,
     ) -> Result<NodeCert, IssueError> {
-        crate::name::check(name).map_err(|reason| IssueError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })?;
+        crate::name::check(name)
+            .map_err(|reason| IssueError::InvalidName { name: name.to_owned(), reason })?;
         check_window(validity)?;
 
         let mut names = vec![SanType::DnsName(ia5(name)?)];
         for extra in dns {
             if DnsName::try_from(extra.as_str()).is_err() {
-                return Err(IssueError::InvalidDnsName {
-                    name: extra.clone(),
-                });
+                return Err(IssueError::InvalidDnsName { name: extra.clone() });
             }
             let san = SanType::DnsName(ia5(extra)?);
             if !names.contains(&san) {
@@ -233,17 +214,13 @@ impl Ca {
         params.subject_alt_names = names;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.not_before = validity::to_offset(validity.not_before);
         params.not_after = validity::to_offset(validity.not_after);
         params.serial_number = Some(random_serial()?);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(IssueError::Generate)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(IssueError::Generate)?;
         Ok(NodeCert::new(
             name.to_owned(),
             cert.der().clone(),
@@ -294,9 +271,7 @@ fn check_window(validity: Validity) -> Result<(), IssueError> {
 }
 
 fn ia5(name: &str) -> Result<Ia5String, IssueError> {
-    Ia5String::try_from(name).map_err(|_| IssueError::InvalidDnsName {
-        name: name.to_owned(),
-    })
+    Ia5String::try_from(name).map_err(|_| IssueError::InvalidDnsName { name: name.to_owned() })
 }
 
 /// A random positive serial number of 16 bytes, as RFC 5280 §4.1.2.2 recommends (unpredictable,

@@ -20,10 +20,7 @@ pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
 
 /// [`parse`], with the error naming the file.
 pub(crate) fn parse_file<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, LoadError> {
-    parse(der).map_err(|reason| LoadError::BadCertificate {
-        path: path.to_owned(),
-        reason,
-    })
+    parse(der).map_err(|reason| LoadError::BadCertificate { path: path.to_owned(), reason })
 }
 
 /// The certificate's validity window.
@@ -41,23 +38,12 @@ pub(crate) fn check_validity(
     certificate: &X509Certificate<'_>,
     now: SystemTime,
 ) -> Result<(), LoadError> {
-    let Validity {
-        not_before,
-        not_after,
-    } = validity(certificate);
+    let Validity { not_before, not_after } = validity(certificate);
     if now < not_before {
-        return Err(LoadError::NotYetValid {
-            path: path.to_owned(),
-            not_before,
-            not_after,
-        });
+        return Err(LoadError::NotYetValid { path: path.to_owned(), not_before, not_after });
     }
     if now > not_after {
-        return Err(LoadError::Expired {
-            path: path.to_owned(),
-            not_before,
-            not_after,
-        });
+        return Err(LoadError::Expired { path: path.to_owned(), not_before, not_after });
     }
     Ok(())
 }
@@ -70,10 +56,7 @@ pub(crate) fn common_name<'a>(
         .subject()
         .iter_common_name()
         .next()
-        .map(|name| {
-            name.as_str()
-                .map_err(|error| format!("unreadable common name: {error}"))
-        })
+        .map(|name| name.as_str().map_err(|error| format!("unreadable common name: {error}")))
         .transpose()
 }
 
@@ -89,21 +72,15 @@ pub(crate) fn node_name(certificate: &X509Certificate<'_>) -> Result<String, Pee
                 .map_err(|error| bad(format!("unreadable subject alternative names: {error}")))?;
             names
                 .and_then(|names| {
-                    names
-                        .value
-                        .general_names
-                        .iter()
-                        .find_map(|name| match name {
-                            GeneralName::DNSName(name) => Some(*name),
-                            _ => None,
-                        })
+                    names.value.general_names.iter().find_map(|name| match name {
+                        GeneralName::DNSName(name) => Some(*name),
+                        _ => None,
+                    })
                 })
                 .ok_or(PeerNameError::NoName)?
         }
     };
-    crate::name::check(name).map_err(|reason| PeerNameError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })?;
+    crate::name::check(name)
+        .map_err(|reason| PeerNameError::InvalidName { name: name.to_owned(), reason })?;
     Ok(name.to_owned())
 }

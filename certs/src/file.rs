@@ -20,16 +20,11 @@ pub(crate) fn read_private(path: &Path) -> Result<Vec<u8>, LoadError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let metadata = file.metadata().map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let metadata =
+            file.metadata().map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
         let mode = metadata.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(LoadError::KeyPermissions {
-                path: path.to_owned(),
-                mode,
-            });
+            return Err(LoadError::KeyPermissions { path: path.to_owned(), mode });
         }
     }
     read_all(path, file)
@@ -44,10 +39,7 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), SaveError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| SaveError::CreateDir {
-        path: dir.to_owned(),
-        source,
-    })
+    builder.create(dir).map_err(|source| SaveError::CreateDir { path: dir.to_owned(), source })
 }
 
 /// Fails with [`SaveError::Exists`] if any of `paths` exists and `force` is not set.
@@ -60,9 +52,7 @@ pub(crate) fn check_absent(paths: &[&Path], force: bool) -> Result<(), SaveError
     for path in paths {
         // symlink_metadata: a dangling symlink is still something we would overwrite.
         if fs::symlink_metadata(path).is_ok() {
-            return Err(SaveError::Exists {
-                path: path.to_path_buf(),
-            });
+            return Err(SaveError::Exists { path: path.to_path_buf() });
         }
     }
     Ok(())
@@ -79,36 +69,28 @@ pub(crate) fn write(
     private: bool,
     force: bool,
 ) -> Result<(), SaveError> {
-    let write_error = |source| SaveError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_error = |source| SaveError::Write { path: path.to_owned(), source };
     if !force {
         return match create_new(path, contents, private) {
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Err(SaveError::Exists {
-                path: path.to_owned(),
-            }),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                Err(SaveError::Exists { path: path.to_owned() })
+            }
             result => result.map_err(write_error),
         };
     }
     let temporary = temporary_path(path);
-    create_new(&temporary, contents, private)
-        .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|error| {
+    create_new(&temporary, contents, private).and_then(|()| fs::rename(&temporary, path)).map_err(
+        |error| {
             let _ = fs::remove_file(&temporary);
             write_error(error)
-        })
+        },
+    )
 }
 
 fn open(path: &Path) -> Result<File, LoadError> {
     File::open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => LoadError::Missing {
-            path: path.to_owned(),
-        },
-        _ => LoadError::Read {
-            path: path.to_owned(),
-            source,
-        },
+        io::ErrorKind::NotFound => LoadError::Missing { path: path.to_owned() },
+        _ => LoadError::Read { path: path.to_owned(), source },
     })
 }
 
@@ -117,10 +99,7 @@ fn read_all(path: &Path, file: File) -> Result<Vec<u8>, LoadError> {
     // Certificate files are small; a bigger one is not ours.
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
     if bytes.len() as u64 > MAX_FILE_LEN {
         return Err(LoadError::Read {
             path: path.to_owned(),
@@ -154,10 +133,7 @@ fn create_new(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
 fn temporary_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy())
-        .unwrap_or_default();
+    let name = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{count}.tmp", std::process::id()))
 }
 

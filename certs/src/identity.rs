@@ -57,10 +57,8 @@ impl Identity {
     /// As [`Identity::from_files`], plus [`LoadError::InvalidName`] if `name` is not a valid
     /// node name and [`LoadError::WrongName`] if the certificate is for another node.
     pub fn load(dir: impl AsRef<Path>, name: &str) -> Result<Self, LoadError> {
-        crate::name::check(name).map_err(|reason| LoadError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })?;
+        crate::name::check(name)
+            .map_err(|reason| LoadError::InvalidName { name: name.to_owned(), reason })?;
         let dir = dir.as_ref();
         let (cert_path, key_path) = node::paths(dir, name);
         let identity = Self::from_files(dir.join(ca::CERT_FILE), &cert_path, key_path)?;
@@ -115,12 +113,7 @@ impl Identity {
             cert: PathBuf::from(format!("<{}.crt in memory>", node.name())),
             key: PathBuf::from(format!("<{}.key in memory>", node.name())),
         };
-        Self::build(
-            &sources,
-            ca.cert_der().clone(),
-            vec![node.cert_der().clone()],
-            node.key_der(),
-        )
+        Self::build(&sources, ca.cert_der().clone(), vec![node.cert_der().clone()], node.key_der())
     }
 
     /// The node name, read from the certificate.
@@ -180,9 +173,7 @@ impl Identity {
 
         let ca_parsed = certificate::parse_file(&sources.ca, &ca)?;
         if !ca_parsed.is_ca() {
-            return Err(LoadError::NotCa {
-                path: sources.ca.clone(),
-            });
+            return Err(LoadError::NotCa { path: sources.ca.clone() });
         }
         certificate::check_validity(&sources.ca, &ca_parsed, now)?;
 
@@ -206,13 +197,9 @@ impl Identity {
         drop(leaf);
         drop(ca_parsed);
 
-        let signing_key = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|error| LoadError::BadKey {
-                path: sources.key.clone(),
-                reason: error.to_string(),
-            })?;
+        let signing_key = provider.key_provider.load_private_key(key).map_err(|error| {
+            LoadError::BadKey { path: sources.key.clone(), reason: error.to_string() }
+        })?;
         let certified = CertifiedKey::new(chain.clone(), signing_key);
         match certified.keys_match() {
             Ok(()) => {}
@@ -232,12 +219,10 @@ impl Identity {
         let certified = Arc::new(SingleCertAndKey::from(certified));
 
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone())
-            .map_err(|error| LoadError::BadCertificate {
-                path: sources.ca.clone(),
-                reason: error.to_string(),
-            })?;
+        roots.add(ca.clone()).map_err(|error| LoadError::BadCertificate {
+            path: sources.ca.clone(),
+            reason: error.to_string(),
+        })?;
         let roots = Arc::new(roots);
         let tls_error = |reason: String| LoadError::Tls { reason };
         let client_verifier =
@@ -250,19 +235,12 @@ impl Identity {
 
         // Our checks above give clearer messages; these catch anything else peers would refuse
         // (e.g. a missing extended key usage or DNS name), with the verifiers peers run.
-        let rejected = |reason| LoadError::Rejected {
-            path: sources.cert.clone(),
-            reason,
-        };
+        let rejected = |reason| LoadError::Rejected { path: sources.cert.clone(), reason };
         let unix_now = UnixTime::now();
-        client_verifier
-            .verify_client_cert(&leaf_der, &chain[1..], unix_now)
-            .map_err(rejected)?;
-        let own_name =
-            ServerName::try_from(name.clone()).map_err(|error| LoadError::BadCertificate {
-                path: sources.cert.clone(),
-                reason: error.to_string(),
-            })?;
+        client_verifier.verify_client_cert(&leaf_der, &chain[1..], unix_now).map_err(rejected)?;
+        let own_name = ServerName::try_from(name.clone()).map_err(|error| {
+            LoadError::BadCertificate { path: sources.cert.clone(), reason: error.to_string() }
+        })?;
         server_verifier
             .verify_server_cert(&leaf_der, &chain[1..], &own_name, &[], unix_now)
             .map_err(rejected)?;

@@ -29,10 +29,7 @@ pub(crate) fn check(name: &str) -> Result<(), &'static str> {
     if name.len() > MAX_NAME_LEN {
         return Err("the name is longer than 253 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err("only ASCII letters, digits, '-', '_' and '.' are allowed");
     }
     for label in name.split('.') {
@@ -46,11 +43,7 @@ pub(crate) fn check(name: &str) -> Result<(), &'static str> {
             return Err("a label starts or ends with '-'");
         }
     }
-    if name
-        .rsplit('.')
-        .next()
-        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if name.rsplit('.').next().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit())) {
         return Err("the last label is all digits, which reads as an IP address");
     }
     if name.eq_ignore_ascii_case("ca") {
@@ -72,15 +65,7 @@ mod tests {
 
     #[test]
     fn accepts_dns_like_names() {
-        for name in [
-            "a",
-            "node1",
-            "node-1",
-            "node_1",
-            "n1.dc-2.example",
-            "A1",
-            "1a",
-        ] {
+        for name in ["a", "node1", "node-1", "node_1", "n1.dc-2.example", "A1", "1a"] {
             assert_eq!(check(name), Ok(()), "{name}");
         }
     }
@@ -116,13 +101,7 @@ mod tests {
     fn limits_lengths() {
         assert!(check(&"a".repeat(63)).is_ok());
         assert!(check(&"a".repeat(64)).is_err());
-        let long = [
-            "a".repeat(63),
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(61),
-        ]
-        .join(".");
+        let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
         assert_eq!(long.len(), 253);
         assert!(check(&long).is_ok());
         assert!(check(&format!("{long}e")).is_err());

@@ -28,12 +28,7 @@ impl NodeCert {
         key: PrivatePkcs8KeyDer<'static>,
         validity: Validity,
     ) -> Self {
-        Self {
-            name,
-            cert,
-            key,
-            validity,
-        }
+        Self { name, cert, key, validity }
     }
 
     /// Writes `DIR/NAME.crt` and `DIR/NAME.key` (PEM), creating `DIR` (mode 0700) if needed.
@@ -98,8 +93,5 @@ impl fmt::Debug for NodeCert {
 
 /// `DIR/NAME.crt` and `DIR/NAME.key`; `name` must be a valid node name.
 pub(crate) fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    )
+    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
 }

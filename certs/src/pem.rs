@@ -17,9 +17,7 @@ pub(crate) fn certificates(
         .filter_map(|(kind, der)| CertificateDer::from_pem(kind, der))
         .collect();
     if certificates.is_empty() {
-        return Err(LoadError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::NoCertificate { path: path.to_owned() });
     }
     Ok(certificates)
 }
@@ -29,9 +27,7 @@ pub(crate) fn private_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'st
     sections(path, bytes)?
         .into_iter()
         .find_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der))
-        .ok_or_else(|| LoadError::NoKey {
-            path: path.to_owned(),
-        })
+        .ok_or_else(|| LoadError::NoKey { path: path.to_owned() })
 }
 
 /// Encodes DER as a PEM block with the given label, lines of 64 characters ending in `\n`.
@@ -49,10 +45,7 @@ pub(crate) fn encode(label: &str, der: &[u8]) -> String {
 
 /// All PEM sections of a file; a file with none is not PEM.
 fn sections(path: &Path, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, LoadError> {
-    let not_pem = |reason: String| LoadError::NotPem {
-        path: path.to_owned(),
-        reason,
-    };
+    let not_pem = |reason: String| LoadError::NotPem { path: path.to_owned(), reason };
     let mut reader = bytes;
     let mut sections = Vec::new();
     while let Some(section) =
@@ -61,9 +54,7 @@ fn sections(path: &Path, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, Lo
         sections.push(section);
     }
     if sections.is_empty() {
-        return Err(not_pem(
-            "no PEM block (-----BEGIN ...-----) found".to_owned(),
-        ));
+        return Err(not_pem("no PEM block (-----BEGIN ...-----) found".to_owned()));
     }
     Ok(sections)
 }
@@ -72,11 +63,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

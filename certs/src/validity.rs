@@ -38,10 +38,7 @@ impl Validity {
     ///
     /// Issuing checks that `not_after` is not before `not_before`.
     pub fn new(not_before: SystemTime, not_after: SystemTime) -> Self {
-        Self {
-            not_before,
-            not_after,
-        }
+        Self { not_before, not_after }
     }
 
     /// A window that opened an hour ago and closes `days` days from now.
@@ -78,9 +75,7 @@ pub(crate) fn from_unix(seconds: i64) -> SystemTime {
 /// Formats a time as RFC 3339 in UTC, for error messages.
 pub(crate) fn format(time: SystemTime) -> String {
     let datetime = to_offset(time);
-    datetime
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| datetime.to_string())
+    datetime.format(&Rfc3339).unwrap_or_else(|_| datetime.to_string())
 }
 
 /// How far in the past a default window opens.

@@ -26,10 +26,7 @@ fn swarm() -> (tempfile::TempDir, Ca) {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::create("test swarm CA").unwrap();
     ca.save(dir.path(), false).unwrap();
-    ca.issue("node-1", &[], &[])
-        .unwrap()
-        .save(dir.path(), false)
-        .unwrap();
+    ca.issue("node-1", &[], &[]).unwrap().save(dir.path(), false).unwrap();
     (dir, ca)
 }
 
@@ -47,36 +44,20 @@ fn saved_files_load_back() {
     let loaded = Ca::load(dir.path()).unwrap();
     assert_eq!(loaded.common_name(), "test swarm CA");
     assert_eq!(loaded.cert_der(), ca.cert_der());
-    let ca_days = ca
-        .validity()
-        .not_after
-        .duration_since(SystemTime::now())
-        .unwrap();
+    let ca_days = ca.validity().not_after.duration_since(SystemTime::now()).unwrap();
     assert!(ca_days > 3649 * DAY && ca_days <= 3650 * DAY, "{ca_days:?}");
 
     // The loaded CA issues certificates the saved CA certificate verifies.
     let ips: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-    let node = loaded
-        .issue("node-1", &["node-1.example".to_owned()], &ips)
-        .unwrap();
+    let node = loaded.issue("node-1", &["node-1.example".to_owned()], &ips).unwrap();
     node.save(dir.path(), false).unwrap();
-    assert_eq!(
-        fs::read_to_string(dir.path().join("node-1.crt")).unwrap(),
-        node.cert_pem()
-    );
+    assert_eq!(fs::read_to_string(dir.path().join("node-1.crt")).unwrap(), node.cert_pem());
     let identity = Identity::load(dir.path(), "node-1").unwrap();
     assert_eq!(identity.name(), "node-1");
     assert_eq!(identity.cert_der(), node.cert_der());
     assert_eq!(identity.ca_cert_der(), ca.cert_der());
-    let node_days = identity
-        .validity()
-        .not_after
-        .duration_since(SystemTime::now())
-        .unwrap();
-    assert!(
-        node_days > 364 * DAY && node_days <= 365 * DAY,
-        "{node_days:?}"
-    );
+    let node_days = identity.validity().not_after.duration_since(SystemTime::now()).unwrap();
+    assert!(node_days > 364 * DAY && node_days <= 365 * DAY, "{node_days:?}");
     assert!(identity.validity().not_before < SystemTime::now());
 
     let same = Identity::from_files(
@@ -104,10 +85,7 @@ fn save_refuses_to_overwrite_without_force() {
 
     let other = Ca::create("other CA").unwrap();
     let error = other.save(dir.path(), false).unwrap_err();
-    assert!(
-        matches!(&error, SaveError::Exists { path } if path.ends_with("ca.crt")),
-        "{error}"
-    );
+    assert!(matches!(&error, SaveError::Exists { path } if path.ends_with("ca.crt")), "{error}");
     assert!(error.to_string().contains("already exists"), "{error}");
     assert!(error.to_string().contains("force"), "{error}");
     assert_eq!(fs::read(dir.path().join("ca.key")).unwrap(), before);
@@ -138,10 +116,7 @@ fn save_with_force_replaces_files_and_tightens_the_key_mode() {
     node.save(dir.path(), true).unwrap();
     assert_eq!(mode(&key), 0o600);
     assert_eq!(fs::read_to_string(&key).unwrap(), node.key_pem());
-    assert_eq!(
-        Identity::load(dir.path(), "node-1").unwrap().cert_der(),
-        node.cert_der()
-    );
+    assert_eq!(Identity::load(dir.path(), "node-1").unwrap().cert_der(), node.cert_der());
 
     let other = Ca::create("other CA").unwrap();
     other.save(dir.path(), true).unwrap();
@@ -159,10 +134,7 @@ fn save_with_force_replaces_files_and_tightens_the_key_mode() {
 fn save_creates_a_private_directory() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("a/b");
-    Ca::create("test swarm CA")
-        .unwrap()
-        .save(&dir, false)
-        .unwrap();
+    Ca::create("test swarm CA").unwrap().save(&dir, false).unwrap();
     assert_eq!(mode(&dir), 0o700);
 }
 
@@ -173,23 +145,14 @@ fn missing_files_are_named() {
         let path = dir.path().join(file);
         fs::remove_file(&path).unwrap();
         let error = load_error(dir.path(), "node-1");
-        assert!(
-            matches!(&error, LoadError::Missing { path: p } if *p == path),
-            "{error}"
-        );
-        assert!(
-            error.to_string().contains(&path.display().to_string()),
-            "{error}"
-        );
+        assert!(matches!(&error, LoadError::Missing { path: p } if *p == path), "{error}");
+        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
         assert!(error.to_string().contains("does not exist"), "{error}");
     }
     let (dir, _ca) = swarm();
     fs::remove_file(dir.path().join("ca.key")).unwrap();
     let error = Ca::load(dir.path()).unwrap_err();
-    assert!(
-        matches!(&error, LoadError::Missing { path } if path.ends_with("ca.key")),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::Missing { path } if path.ends_with("ca.key")), "{error}");
 }
 
 #[test]
@@ -214,10 +177,7 @@ fn key_readable_by_others_is_refused() {
     let ca_key = dir.path().join("ca.key");
     chmod(&ca_key, 0o644);
     let error = Ca::load(dir.path()).unwrap_err();
-    assert!(
-        matches!(&error, LoadError::KeyPermissions { path, .. } if *path == ca_key),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::KeyPermissions { path, .. } if *path == ca_key), "{error}");
 }
 
 #[test]
@@ -226,28 +186,16 @@ fn garbage_is_not_pem() {
     let cert = dir.path().join("node-1.crt");
     fs::write(&cert, "this is not a certificate\n").unwrap();
     let error = load_error(dir.path(), "node-1");
-    assert!(
-        matches!(&error, LoadError::NotPem { path, .. } if *path == cert),
-        "{error}"
-    );
-    assert!(
-        error.to_string().contains("not a valid PEM file"),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::NotPem { path, .. } if *path == cert), "{error}");
+    assert!(error.to_string().contains("not a valid PEM file"), "{error}");
 
     let key = dir.path().join("node-1.key");
     let (dir2, _ca) = swarm();
     fs::write(&key, [0xff, 0x00, 0x13]).unwrap();
-    let error = Identity::from_files(
-        dir2.path().join("ca.crt"),
-        dir2.path().join("node-1.crt"),
-        &key,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&error, LoadError::NotPem { path, .. } if *path == key),
-        "{error}"
-    );
+    let error =
+        Identity::from_files(dir2.path().join("ca.crt"), dir2.path().join("node-1.crt"), &key)
+            .unwrap_err();
+    assert!(matches!(&error, LoadError::NotPem { path, .. } if *path == key), "{error}");
 }
 
 #[test]
@@ -270,10 +218,7 @@ fn a_certificate_where_the_key_belongs_is_no_key() {
     fs::copy(dir.path().join("node-1.crt"), &key).unwrap();
     chmod(&key, 0o600);
     let error = load_error(dir.path(), "node-1");
-    assert!(
-        matches!(&error, LoadError::NoKey { path } if *path == key),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::NoKey { path } if *path == key), "{error}");
     assert!(error.to_string().contains("no PEM private key"), "{error}");
 }
 
@@ -283,21 +228,14 @@ fn a_certificate_from_another_ca_is_refused() {
     for other_name in ["other CA", "test swarm CA"] {
         let (dir, _ca) = swarm();
         let other = Ca::create(other_name).unwrap();
-        other
-            .issue("node-1", &[], &[])
-            .unwrap()
-            .save(dir.path(), true)
-            .unwrap();
+        other.issue("node-1", &[], &[]).unwrap().save(dir.path(), true).unwrap();
         let error = load_error(dir.path(), "node-1");
         assert!(
             matches!(&error, LoadError::NotSignedByCa { path, ca }
                 if path.ends_with("node-1.crt") && ca.ends_with("ca.crt")),
             "{error}"
         );
-        assert!(
-            error.to_string().contains("not signed by the swarm CA"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("not signed by the swarm CA"), "{error}");
     }
 }
 
@@ -306,17 +244,9 @@ fn an_expired_certificate_is_refused_with_its_dates() {
     let (dir, ca) = swarm();
     let now = SystemTime::now();
     let window = Validity::new(now - 3 * DAY, now - DAY);
-    ca.issue_with_validity("node-1", &[], &[], window)
-        .unwrap()
-        .save(dir.path(), true)
-        .unwrap();
+    ca.issue_with_validity("node-1", &[], &[], window).unwrap().save(dir.path(), true).unwrap();
     let error = load_error(dir.path(), "node-1");
-    let LoadError::Expired {
-        path,
-        not_before,
-        not_after,
-    } = &error
-    else {
+    let LoadError::Expired { path, not_before, not_after } = &error else {
         panic!("{error}");
     };
     assert!(path.ends_with("node-1.crt"));
@@ -357,10 +287,7 @@ fn an_expired_ca_is_refused() {
         matches!(&error, LoadError::Expired { path, .. } if path.ends_with("ca.crt")),
         "{error}"
     );
-    ca.issue("node-1", &[], &[])
-        .unwrap()
-        .save(dir.path(), false)
-        .unwrap();
+    ca.issue("node-1", &[], &[]).unwrap().save(dir.path(), false).unwrap();
     let error = load_error(dir.path(), "node-1");
     assert!(
         matches!(&error, LoadError::Expired { path, .. } if path.ends_with("ca.crt")),
@@ -388,17 +315,11 @@ fn a_key_of_another_node_is_a_mismatch() {
     // The same for the CA key.
     let ca_key = dir.path().join("ca.key");
     fs::remove_file(&ca_key).unwrap();
-    Ca::create("other CA")
-        .unwrap()
-        .save(wrong.path(), false)
-        .unwrap();
+    Ca::create("other CA").unwrap().save(wrong.path(), false).unwrap();
     fs::copy(wrong.path().join("ca.key"), &ca_key).unwrap();
     chmod(&ca_key, 0o600);
     let error = Ca::load(dir.path()).unwrap_err();
-    assert!(
-        matches!(&error, LoadError::KeyMismatch { key, .. } if *key == ca_key),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::KeyMismatch { key, .. } if *key == ca_key), "{error}");
 }
 
 #[test]
@@ -406,10 +327,7 @@ fn a_node_certificate_is_not_a_ca() {
     let (dir, _ca) = swarm();
     fs::copy(dir.path().join("node-1.crt"), dir.path().join("ca.crt")).unwrap();
     let error = load_error(dir.path(), "node-1");
-    assert!(
-        matches!(&error, LoadError::NotCa { path } if path.ends_with("ca.crt")),
-        "{error}"
-    );
+    assert!(matches!(&error, LoadError::NotCa { path } if path.ends_with("ca.crt")), "{error}");
     let error = Ca::load(dir.path()).unwrap_err();
     assert!(matches!(&error, LoadError::NotCa { .. }), "{error}");
 }
@@ -431,35 +349,17 @@ fn invalid_node_names_are_refused() {
     let (dir, ca) = swarm();
     for name in ["", "../node-1", "a/b", "..", "ca", "node 1", "127.0.0.1"] {
         let error = load_error(dir.path(), name);
-        assert!(
-            matches!(&error, LoadError::InvalidName { .. }),
-            "{name:?}: {error}"
-        );
+        assert!(matches!(&error, LoadError::InvalidName { .. }), "{name:?}: {error}");
         let error = ca.issue(name, &[], &[]).unwrap_err();
-        assert!(
-            matches!(&error, IssueError::InvalidName { .. }),
-            "{name:?}: {error}"
-        );
+        assert!(matches!(&error, IssueError::InvalidName { .. }), "{name:?}: {error}");
     }
-    let error = ca
-        .issue("node-1", &["bad name".to_owned()], &[])
-        .unwrap_err();
-    assert!(
-        matches!(&error, IssueError::InvalidDnsName { name } if name == "bad name"),
-        "{error}"
-    );
+    let error = ca.issue("node-1", &["bad name".to_owned()], &[]).unwrap_err();
+    assert!(matches!(&error, IssueError::InvalidDnsName { name } if name == "bad name"), "{error}");
     let now = SystemTime::now();
-    let error = ca
-        .issue_with_validity("node-1", &[], &[], Validity::new(now, now - HOUR))
-        .unwrap_err();
-    assert!(
-        matches!(&error, IssueError::InvalidValidity { .. }),
-        "{error}"
-    );
-    assert!(matches!(
-        Ca::create(" ").unwrap_err(),
-        IssueError::EmptyCommonName
-    ));
+    let error =
+        ca.issue_with_validity("node-1", &[], &[], Validity::new(now, now - HOUR)).unwrap_err();
+    assert!(matches!(&error, IssueError::InvalidValidity { .. }), "{error}");
+    assert!(matches!(Ca::create(" ").unwrap_err(), IssueError::EmptyCommonName));
 }
 
 #[test]
@@ -471,10 +371,7 @@ fn in_memory_identities_check_the_same_things() {
     let other = Ca::create("other CA").unwrap();
     let error = Identity::new(&other, &node).unwrap_err();
     assert!(matches!(error, LoadError::NotSignedByCa { .. }), "{error}");
-    assert!(
-        error.to_string().contains("<node-1.crt in memory>"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("<node-1.crt in memory>"), "{error}");
 
     let now = SystemTime::now();
     let expired = ca
@@ -489,19 +386,8 @@ fn debug_output_never_shows_keys() {
     let ca = Ca::create("test swarm CA").unwrap();
     let node = ca.issue("node-1", &[], &[]).unwrap();
     let identity = Identity::new(&ca, &node).unwrap();
-    let key_body: String = node
-        .key_pem()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take(20)
-        .collect();
-    for debug in [
-        format!("{ca:?}"),
-        format!("{node:?}"),
-        format!("{identity:?}"),
-    ] {
+    let key_body: String = node.key_pem().lines().nth(1).unwrap().chars().take(20).collect();
+    for debug in [format!("{ca:?}"), format!("{node:?}"), format!("{identity:?}")] {
         assert!(!debug.contains(&key_body), "{debug}");
         assert!(!debug.contains("PRIVATE"), "{debug}");
     }
@@ -509,19 +395,11 @@ fn debug_output_never_shows_keys() {
 
 fn time_year(time: SystemTime) -> i32 {
     // Days since the epoch to a civil year is enough here (the test's dates are near now).
-    let days = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
+    let days = time.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() / 86_400;
     let mut year = 1970;
     let mut remaining = days as i64;
     loop {
-        let length = if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 {
-            366
-        } else {
-            365
-        };
+        let length = if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 { 366 } else { 365 };
         if remaining < length {
             return year;
         }

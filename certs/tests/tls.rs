@@ -34,10 +34,7 @@ async fn connect(
         let mut tls = TlsAcceptor::from(server).accept(tcp).await?;
         let (_, connection) = tls.get_ref();
         assert_eq!(connection.alpn_protocol(), Some(certs::ALPN));
-        assert_eq!(
-            connection.protocol_version(),
-            Some(rustls::ProtocolVersion::TLSv1_3)
-        );
+        assert_eq!(connection.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
         let name = certs::peer_name_of(connection).map_err(io::Error::other)?;
         tls.write_all(b"!").await?;
         tls.shutdown().await?;
@@ -103,9 +100,7 @@ struct Swarm {
 fn swarm() -> Swarm {
     let ca = Ca::create("test swarm CA").unwrap();
     let localhost = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    let server = ca
-        .issue("node-a", &["node-a.example".to_owned()], &localhost)
-        .unwrap();
+    let server = ca.issue("node-a", &["node-a.example".to_owned()], &localhost).unwrap();
     let client = ca.issue("node-b", &[], &[]).unwrap();
     Swarm {
         server: Identity::new(&ca, &server).unwrap(),
@@ -117,12 +112,8 @@ fn swarm() -> Swarm {
 #[tokio::test]
 async fn mutual_authentication_tells_each_side_the_other_name() {
     let swarm = swarm();
-    let (server, client) = connect(
-        swarm.server.server_config(),
-        swarm.client.client_config(),
-        name("node-a"),
-    )
-    .await;
+    let (server, client) =
+        connect(swarm.server.server_config(), swarm.client.client_config(), name("node-a")).await;
     assert_eq!(server.unwrap(), "node-b");
     assert_eq!(client.unwrap(), "node-a");
 }
@@ -130,16 +121,11 @@ async fn mutual_authentication_tells_each_side_the_other_name() {
 #[tokio::test]
 async fn the_server_can_be_dialed_by_its_extra_names() {
     let swarm = swarm();
-    for server_name in [
-        name("node-a.example"),
-        ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into()),
-    ] {
-        let (server, client) = connect(
-            swarm.server.server_config(),
-            swarm.client.client_config(),
-            server_name,
-        )
-        .await;
+    for server_name in
+        [name("node-a.example"), ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into())]
+    {
+        let (server, client) =
+            connect(swarm.server.server_config(), swarm.client.client_config(), server_name).await;
         assert_eq!(server.unwrap(), "node-b");
         assert_eq!(client.unwrap(), "node-a");
     }
@@ -150,19 +136,10 @@ async fn identities_loaded_from_files_connect() {
     let swarm = swarm();
     let dir = tempfile::tempdir().unwrap();
     swarm.ca.save(dir.path(), false).unwrap();
-    swarm
-        .ca
-        .issue("node-c", &[], &[])
-        .unwrap()
-        .save(dir.path(), false)
-        .unwrap();
+    swarm.ca.issue("node-c", &[], &[]).unwrap().save(dir.path(), false).unwrap();
     let node_c = Identity::load(dir.path(), "node-c").unwrap();
-    let (server, client) = connect(
-        node_c.server_config(),
-        swarm.client.client_config(),
-        name("node-c"),
-    )
-    .await;
+    let (server, client) =
+        connect(node_c.server_config(), swarm.client.client_config(), name("node-c")).await;
     assert_eq!(server.unwrap(), "node-b");
     assert_eq!(client.unwrap(), "node-c");
 }
@@ -175,12 +152,8 @@ async fn a_client_from_another_ca_is_refused() {
     // The intruder trusts the swarm CA, so only the server's check can refuse it.
     let mut config = (*raw_client_config(&swarm.ca, None)).clone();
     config.client_auth_cert_resolver = intruder.client_config().client_auth_cert_resolver.clone();
-    let (server, client) = connect(
-        swarm.server.server_config(),
-        Arc::new(config),
-        name("node-a"),
-    )
-    .await;
+    let (server, client) =
+        connect(swarm.server.server_config(), Arc::new(config), name("node-a")).await;
     assert!(
         matches!(
             tls_error(&server),
@@ -189,10 +162,7 @@ async fn a_client_from_another_ca_is_refused() {
         "{server:?}"
     );
     assert!(
-        matches!(
-            tls_error(&client),
-            rustls::Error::AlertReceived(AlertDescription::UnknownCA)
-        ),
+        matches!(tls_error(&client), rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
         "{client:?}"
     );
 }
@@ -202,12 +172,8 @@ async fn a_server_from_another_ca_is_refused() {
     let swarm = swarm();
     let other = Ca::create("other CA").unwrap();
     let impostor = Identity::new(&other, &other.issue("node-a", &[], &[]).unwrap()).unwrap();
-    let (server, client) = connect(
-        impostor.server_config(),
-        swarm.client.client_config(),
-        name("node-a"),
-    )
-    .await;
+    let (server, client) =
+        connect(impostor.server_config(), swarm.client.client_config(), name("node-a")).await;
     assert!(
         matches!(
             tls_error(&client),
@@ -216,10 +182,7 @@ async fn a_server_from_another_ca_is_refused() {
         "{client:?}"
     );
     assert!(
-        matches!(
-            tls_error(&server),
-            rustls::Error::AlertReceived(AlertDescription::UnknownCA)
-        ),
+        matches!(tls_error(&server), rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
         "{server:?}"
     );
 }
@@ -227,16 +190,10 @@ async fn a_server_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() {
     let swarm = swarm();
-    let (server, client) = connect(
-        swarm.server.server_config(),
-        raw_client_config(&swarm.ca, None),
-        name("node-a"),
-    )
-    .await;
-    assert!(
-        matches!(tls_error(&server), rustls::Error::NoCertificatesPresented),
-        "{server:?}"
-    );
+    let (server, client) =
+        connect(swarm.server.server_config(), raw_client_config(&swarm.ca, None), name("node-a"))
+            .await;
+    assert!(matches!(tls_error(&server), rustls::Error::NoCertificatesPresented), "{server:?}");
     assert!(
         matches!(
             tls_error(&client),
@@ -283,12 +240,8 @@ async fn a_client_with_an_expired_certificate_is_refused() {
 async fn a_server_whose_name_does_not_match_is_refused() {
     let swarm = swarm();
     // node-a answers, but the client dialed node-c.
-    let (server, client) = connect(
-        swarm.server.server_config(),
-        swarm.client.client_config(),
-        name("node-c"),
-    )
-    .await;
+    let (server, client) =
+        connect(swarm.server.server_config(), swarm.client.client_config(), name("node-c")).await;
     assert!(
         matches!(
             tls_error(&client),
@@ -312,10 +265,7 @@ fn peer_name_reads_the_common_name() {
     let swarm = swarm();
     let cert = swarm.server.cert_der().clone();
     assert_eq!(certs::peer_name(&[cert]).unwrap(), "node-a");
-    assert!(matches!(
-        certs::peer_name(&[]),
-        Err(certs::PeerNameError::NoCertificate)
-    ));
+    assert!(matches!(certs::peer_name(&[]), Err(certs::PeerNameError::NoCertificate)));
     assert!(matches!(
         certs::peer_name(&[CertificateDer::from(vec![1, 2, 3])]),
         Err(certs::PeerNameError::BadCertificate { .. })
@@ -336,16 +286,9 @@ async fn a_tls12_client_is_refused() {
             .with_client_auth_cert(vec![node.cert_der().clone()], node.key_der())
             .unwrap();
     config.alpn_protocols = vec![certs::ALPN.to_vec()];
-    let (server, client) = connect(
-        swarm.server.server_config(),
-        Arc::new(config),
-        name("node-a"),
-    )
-    .await;
-    assert!(
-        matches!(tls_error(&server), rustls::Error::PeerIncompatible(_)),
-        "{server:?}"
-    );
+    let (server, client) =
+        connect(swarm.server.server_config(), Arc::new(config), name("node-a")).await;
+    assert!(matches!(tls_error(&server), rustls::Error::PeerIncompatible(_)), "{server:?}");
     assert!(
         matches!(
             tls_error(&client),
@@ -358,12 +301,6 @@ async fn a_tls12_client_is_refused() {
 #[test]
 fn configs_offer_libchan_alpn() {
     let swarm = swarm();
-    assert_eq!(
-        swarm.server.server_config().alpn_protocols,
-        [b"libchan/1".to_vec()]
-    );
-    assert_eq!(
-        swarm.client.client_config().alpn_protocols,
-        [b"libchan/1".to_vec()]
-    );
+    assert_eq!(swarm.server.server_config().alpn_protocols, [b"libchan/1".to_vec()]);
+    assert_eq!(swarm.client.client_config().alpn_protocols, [b"libchan/1".to_vec()]);
 }
