@@ -435,11 +435,10 @@ async fn serve_inbound(
             };
             match permit {
                 Ok(permit) => stream.permit = Some(permit),
-                Err(_) if open.kind != Kind::Control => {
+                Err(_) => {
                     let why = format!("over the limit of {per_side} streams per side");
                     return refuse(stream, Code::TooManyStreams, &why, &inner).await;
                 }
-                Err(_) => {}
             }
             route(inner, open, stream, accept_tx).await;
         });

@@ -258,3 +258,35 @@ async fn garbage_instead_of_the_preamble_is_refused() {
     let mut rx = within(server.accept::<u8>()).await.unwrap();
     assert_eq!(within(rx.recv()).await.unwrap(), Some(1));
 }
+
+#[tokio::test]
+async fn streams_beyond_the_peer_share_are_refused_and_the_session_survives() {
+    let mut limits = Limits::default();
+    limits.max_streams = 16;
+    let (session, peer) = hostile_pair(limits).await;
+    // The peer's share is 8 streams; it opens 12 and keeps them all.
+    let mut statuses = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..12u64 {
+        let (mut r, w) = raw_channel(&peer, 1 + 2 * i).await;
+        let mut header = [0u8; 5];
+        within(r.read_exact(&mut header)).await.unwrap();
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut payload = vec![0; len - 1];
+        within(r.read_exact(&mut payload)).await.unwrap();
+        statuses.push(Accept::decode(&payload).unwrap().status);
+        held.push((r, w));
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == Code::Ok).count(), 8, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == Code::TooManyStreams).count(), 4, "{statuses:?}");
+    let mut accepted = Vec::new();
+    for _ in 0..8 {
+        accepted.push(within(session.accept::<u32>()).await.unwrap());
+    }
+    // Releasing streams makes room again, on the same session.
+    drop(accepted);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serving(&session, &peer, 101).await;
+    assert!(session.close_reason().is_none(), "{:?}", session.close_reason());
+}

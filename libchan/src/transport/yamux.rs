@@ -39,8 +39,15 @@ where
     let mut config = yamux::Config::default();
     // Each stream gets at least the yamux default window of 256 KiB; the connection window
     // bounds what a peer can make us buffer in total.
-    config.set_max_connection_receive_window(Some(limits.max_streams * 256 * 1024));
-    config.set_max_num_streams(limits.max_streams);
+    // rust-yamux drops the whole connection when a peer goes over its stream limit, so that
+    // limit sits above what the session admits: each side opens at most half of max_streams
+    // and refuses the peer's excess with ACCEPT, and a few streams (control, refusals in
+    // flight) come on top.
+    let yamux_streams = limits.max_streams + YAMUX_MARGIN;
+    // yamux asserts window >= streams * 256 KiB on each setter: lift the window first.
+    config.set_max_connection_receive_window(None);
+    config.set_max_num_streams(yamux_streams);
+    config.set_max_connection_receive_window(Some(yamux_streams * 256 * 1024));
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let conn = yamux::Connection::new(io.compat(), config, mode);
@@ -141,3 +148,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
         }
     }
 }
+
+/// Streams yamux admits beyond the session's own limit.
+const YAMUX_MARGIN: usize = 64;
