@@ -158,6 +158,15 @@ pub enum ConnectError {
         /// What it sent instead.
         reason: String,
     },
+    /// The TLS or QUIC handshake failed: a certificate that does not verify, a wrong server
+    /// name, a peer without a certificate, or one that does not speak TLS.
+    #[error("secure handshake with {peer} failed: {reason}")]
+    Handshake {
+        /// Who we talked to.
+        peer: String,
+        /// Why, as rustls or quinn put it (`invalid peer certificate: UnknownIssuer`).
+        reason: String,
+    },
     /// A bad configuration value.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),

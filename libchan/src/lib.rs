@@ -51,7 +51,10 @@ pub use config::{ConfigError, Limits};
 pub use error::{ConnectError, OpenError, RecvError, SendError, SendFailure};
 pub use session::Session;
 pub use stream::{byte_pipe, ByteStream};
-pub use transport::url::{connect, connect_with, listen, listen_with, Listener, PREAMBLE};
+pub use transport::tls::Tls;
+pub use transport::url::{
+    connect, connect_secure, connect_with, listen, listen_secure, listen_with, Listener, PREAMBLE,
+};
 pub use value::{Handle, Value};
 
 /// CBOR tag of a reference to a channel whose receiver gets a [`Sender`].

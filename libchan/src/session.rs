@@ -214,7 +214,7 @@ impl SessionInner {
                 false
             }
         });
-        self.mux.close();
+        self.mux.close(Code::Ok, "session closed");
     }
 
     async fn close(&self, code: Code, reason: &str) {
@@ -234,6 +234,7 @@ impl SessionInner {
             let _ = write_frame(&mut stream.write, FrameType::CloseErr, &close.encode()).await;
             let _ = stream.write.shutdown().await;
         }
+        self.mux.close(code, reason);
         self.mark_closed(format!("closed locally with {code}: {reason}"));
     }
 
@@ -352,7 +353,7 @@ impl SessionInner {
 
 impl Drop for SessionInner {
     fn drop(&mut self) {
-        self.mux.close();
+        self.mux.close(Code::Ok, "session closed");
     }
 }
 

@@ -13,6 +13,24 @@ enum Transport {
     Duplex,
     Tcp,
     Unix,
+    Tls,
+    Quic,
+}
+
+/// A throwaway swarm CA with nodes "client" and "server" (the latter also named by
+/// 127.0.0.1), minted once per test process.
+fn swarm() -> &'static (libchan::Tls, libchan::Tls) {
+    static SWARM: std::sync::OnceLock<(libchan::Tls, libchan::Tls)> = std::sync::OnceLock::new();
+    SWARM.get_or_init(|| {
+        let ca = certs::Ca::create("conformance CA").unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let tls = |name: &str| {
+            let id = certs::Identity::new(&ca, &ca.issue(name, &[], &[ip]).unwrap()).unwrap();
+            libchan::Tls::new(id.client_config(), id.server_config())
+                .with_peer_name(|chain| certs::peer_name(chain).ok())
+        };
+        (tls("client"), tls("server"))
+    })
 }
 
 /// Two connected sessions over `transport` (not for `Memory`).
@@ -44,6 +62,18 @@ async fn sessions_with(transport: Transport, limits: Limits) -> (Session, Sessio
             let client = libchan::connect_with(&url, limits).await.unwrap();
             let server = listener.accept().await.unwrap();
             drop(listener);
+            (client, server)
+        }
+        Transport::Tls | Transport::Quic => {
+            let scheme = if matches!(transport, Transport::Tls) { "tls" } else { "quic" };
+            let (client_tls, server_tls) = swarm();
+            let url = format!("{scheme}://127.0.0.1:0");
+            let listener = libchan::listen_secure(&url, limits.clone(), server_tls).await.unwrap();
+            let client =
+                libchan::connect_secure(listener.local_url(), limits, client_tls).await.unwrap();
+            let server = listener.accept().await.unwrap();
+            assert_eq!(client.peer_name(), Some("server"));
+            assert_eq!(server.peer_name(), Some("client"));
             (client, server)
         }
     }
@@ -438,4 +468,11 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(Memory => memory, Duplex => duplex, Tcp => tcp, Unix => unix);
+conformance!(
+    Memory => memory,
+    Duplex => duplex,
+    Tcp => tcp,
+    Unix => unix,
+    Tls => tls,
+    Quic => quic
+);

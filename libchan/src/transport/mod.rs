@@ -2,8 +2,11 @@
 //!
 //! A session needs only two things from its transport: open an outbound stream, and hand over
 //! inbound ones. yamux over any byte stream (TCP, unix sockets, TLS) implements it in
-//! [`yamux`](self::yamux); QUIC with native streams plugs in the same way.
+//! [`yamux`](self::yamux); QUIC with native streams plugs in the same way in
+//! [`quic`](self::quic).
 
+pub(crate) mod quic;
+pub(crate) mod tls;
 pub(crate) mod url;
 pub(crate) mod yamux;
 
@@ -31,8 +34,9 @@ pub(crate) struct RawStream {
 pub(crate) trait Mux: Send + Sync + 'static {
     /// Opens an outbound stream. The peer sees it once its first bytes arrive.
     fn open(&self) -> BoxFuture<'static, io::Result<RawStream>>;
-    /// Starts closing the connection; streams fail afterwards.
-    fn close(&self);
+    /// Starts closing the connection; streams fail afterwards. Transports that can carry a
+    /// close code and reason themselves (QUIC) send them.
+    fn close(&self, code: crate::proto::Code, reason: &str);
 }
 
 /// Raw yamux streams on the same driver the sessions use, without libchan's framing: the

@@ -1,4 +1,5 @@
-//! `connect` and `listen` by URL: `tcp://host:port` and `unix:///path`.
+//! `connect` and `listen` by URL: `tcp://host:port`, `unix:///path`, and with certificates
+//! `tls://host:port` and `quic://host:port`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use super::tls::Tls;
 use crate::session::PeerInfo;
 use crate::{ConnectError, Limits, Session};
 
@@ -27,8 +29,21 @@ pub async fn connect(url: &str) -> Result<Session, ConnectError> {
 /// A bad URL or limits, a failed connection, a handshake that times out or a peer that does
 /// not speak libchan/1.
 pub async fn connect_with(url: &str, limits: Limits) -> Result<Session, ConnectError> {
+    connect_secure(url, limits, &Tls::default()).await
+}
+
+/// Connects to any libchan URL: `tcp://` and `unix://` as [`connect_with`] does, `tls://host:port`
+/// and `quic://host:port` authenticated with `tls` (see [`Tls`]). The whole handshake, TLS
+/// included, is bounded by the handshake timeout.
+///
+/// # Errors
+/// As [`connect_with`]; for `tls://` and `quic://` also [`ConnectError::Handshake`] with the
+/// reason the certificates were refused, on either side.
+pub async fn connect_secure(url: &str, limits: Limits, tls: &Tls) -> Result<Session, ConnectError> {
     limits.validate()?;
     match parse(url)? {
+        Endpoint::Tls(addr) => super::tls::connect(url, &addr, limits, tls).await,
+        Endpoint::Quic(addr) => super::quic::connect(url, &addr, limits, tls).await,
         Endpoint::Tcp(addr) => {
             let stream = TcpStream::connect(&addr)
                 .await
@@ -60,15 +75,44 @@ pub async fn listen(url: &str) -> Result<Listener, ConnectError> {
 /// # Errors
 /// A bad URL or limits, or the address cannot be bound.
 pub async fn listen_with(url: &str, limits: Limits) -> Result<Listener, ConnectError> {
+    listen_secure(url, limits, &Tls::default()).await
+}
+
+/// Listens on any libchan URL: `tcp://` and `unix://` as [`listen_with`] does, `tls://host:port`
+/// and `quic://host:port` with the server config of `tls`. A peer whose certificate is refused,
+/// or that never finishes its handshake, is logged with the reason and costs only its own
+/// connection; [`Session::peer_name`] names the ones that get in.
+///
+/// # Errors
+/// As [`listen_with`], or `tls` has no server config.
+pub async fn listen_secure(url: &str, limits: Limits, tls: &Tls) -> Result<Listener, ConnectError> {
     limits.validate()?;
     let (tx, rx) = mpsc::channel(limits.accept_queue);
     let (local, cleanup) = match parse(url)? {
+        Endpoint::Tls(addr) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(url)?);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|e| ConnectError::io(format!("listen on {addr}"), e))?;
+            let local = listener.local_addr().map_err(|e| ConnectError::io("local address", e))?;
+            let tls = tls.clone();
+            let serve = move |stream: TcpStream, peer: String, limits: Limits| {
+                let (acceptor, tls) = (acceptor.clone(), tls.clone());
+                async move { super::tls::accept(stream, peer, acceptor, limits, &tls).await }
+            };
+            tokio::spawn(accept_tcp(listener, tx, limits, serve));
+            (format!("tls://{local}"), None)
+        }
+        Endpoint::Quic(addr) => (super::quic::listen(url, &addr, limits, tls, tx)?, None),
         Endpoint::Tcp(addr) => {
             let listener = TcpListener::bind(&addr)
                 .await
                 .map_err(|e| ConnectError::io(format!("listen on {addr}"), e))?;
             let local = listener.local_addr().map_err(|e| ConnectError::io("local address", e))?;
-            tokio::spawn(accept_tcp(listener, tx, limits));
+            let serve = |stream: TcpStream, peer: String, limits: Limits| {
+                Session::over(stream, false, limits, peer)
+            };
+            tokio::spawn(accept_tcp(listener, tx, limits, serve));
             (format!("tcp://{local}"), None)
         }
         Endpoint::Unix(path) => {
@@ -172,16 +216,26 @@ impl Session {
 enum Endpoint {
     Tcp(String),
     Unix(PathBuf),
+    Tls(String),
+    Quic(String),
 }
 
 fn parse(url: &str) -> Result<Endpoint, ConnectError> {
     let bad = |reason: &str| ConnectError::Url { url: url.to_string(), reason: reason.to_string() };
-    if let Some(addr) = url.strip_prefix("tcp://") {
-        let addr = addr.trim_end_matches('/');
-        if !addr.contains(':') || addr.ends_with(':') {
-            return Err(bad("expected tcp://host:port"));
+    for (scheme, make) in [
+        ("tcp", Endpoint::Tcp as fn(String) -> Endpoint),
+        ("tls", Endpoint::Tls),
+        ("quic", Endpoint::Quic),
+    ] {
+        if let Some(addr) = url.strip_prefix(scheme).and_then(|rest| rest.strip_prefix("://")) {
+            let addr = addr.trim_end_matches('/');
+            let port_ok =
+                addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(bad(&format!("expected {scheme}://host:port")));
+            }
+            return Ok(make(addr.to_string()));
         }
-        return Ok(Endpoint::Tcp(addr.to_string()));
     }
     if let Some(path) = url.strip_prefix("unix://") {
         if !path.starts_with('/') {
@@ -189,7 +243,7 @@ fn parse(url: &str) -> Result<Endpoint, ConnectError> {
         }
         return Ok(Endpoint::Unix(PathBuf::from(path)));
     }
-    Err(bad("scheme must be tcp:// or unix:// (tls:// and quic:// need certificates)"))
+    Err(bad("scheme must be quic://, tls://, tcp:// or unix://"))
 }
 
 async fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ConnectError> {
@@ -208,7 +262,15 @@ async fn bind_unix(path: &std::path::Path) -> Result<UnixListener, ConnectError>
     }
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<Session>, limits: Limits) {
+async fn accept_tcp<F, Fut>(
+    listener: TcpListener,
+    tx: mpsc::Sender<Session>,
+    limits: Limits,
+    serve: F,
+) where
+    F: Fn(TcpStream, String, Limits) -> Fut,
+    Fut: std::future::Future<Output = Result<Session, ConnectError>> + Send + 'static,
+{
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -222,7 +284,8 @@ async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<Session>, limits: Li
             () = tx.closed() => return,
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(handshake(stream, addr.to_string(), tx.clone(), limits.clone()));
+        let peer = addr.to_string();
+        tokio::spawn(handshake(serve(stream, peer.clone(), limits.clone()), peer, tx.clone()));
     }
 }
 
@@ -239,15 +302,17 @@ async fn accept_unix(listener: UnixListener, tx: mpsc::Sender<Session>, limits: 
             },
             () = tx.closed() => return,
         };
-        tokio::spawn(handshake(stream, "unix".into(), tx.clone(), limits.clone()));
+        let peer = "unix".to_string();
+        let session = Session::over(stream, false, limits.clone(), peer.clone());
+        tokio::spawn(handshake(session, peer, tx.clone()));
     }
 }
 
-async fn handshake<S>(io: S, peer: String, tx: mpsc::Sender<Session>, limits: Limits)
+async fn handshake<Fut>(session: Fut, peer: String, tx: mpsc::Sender<Session>)
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    Fut: std::future::Future<Output = Result<Session, ConnectError>>,
 {
-    match Session::over(io, false, limits, peer.clone()).await {
+    match session.await {
         Ok(session) => {
             if tx.try_send(session).is_err() {
                 tracing::warn!(%peer, "session accept queue full, dropping the connection");

@@ -83,7 +83,7 @@ impl Mux for YamuxMux {
         })
     }
 
-    fn close(&self) {
+    fn close(&self, _code: crate::proto::Code, _reason: &str) {
         self.cancel.cancel();
     }
 }

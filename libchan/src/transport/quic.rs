@@ -1,0 +1,245 @@
+//! `quic://`: quinn, one bidirectional QUIC stream per channel, byte stream and control
+//! stream.
+//!
+//! The session code is the same as over yamux; QUIC adds the mapping of closes onto streams
+//! and connections (a clean end finishes the stream, a dropped reader stops it, a session
+//! close is a CONNECTION_CLOSE carrying the code and reason) and its own flow control, with
+//! the connection receive window capped so a peer cannot make us buffer without bound.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, Endpoint, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot};
+
+use super::tls::Tls;
+use super::{Mux, RawStream};
+use crate::proto::Code;
+use crate::session::PeerInfo;
+use crate::{ConnectError, Limits, Session};
+
+/// The session's handle on a QUIC connection.
+struct QuicMux {
+    conn: quinn::Connection,
+    /// Keeps a dialer's own endpoint (its UDP socket) open as long as the session.
+    _endpoint: Option<Endpoint>,
+}
+
+impl Mux for QuicMux {
+    fn open(&self) -> BoxFuture<'static, io::Result<RawStream>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let (send, recv) = conn.open_bi().await.map_err(io::Error::from)?;
+            Ok(RawStream { read: Box::new(recv), write: Box::new(send), permit: None })
+        })
+    }
+
+    fn close(&self, code: Code, reason: &str) {
+        let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+        self.conn.close(VarInt::from_u32(code.to_u32()), reason);
+    }
+}
+
+/// Dials `quic://host:port`.
+pub(crate) async fn connect(
+    url: &str,
+    addr: &str,
+    limits: Limits,
+    tls: &Tls,
+) -> Result<Session, ConnectError> {
+    limits.validate()?;
+    let name = tls.server_name_for(url, super::tls::host_of(addr))?;
+    let crypto = QuicClientConfig::try_from(tls.client_config(url)?).map_err(|e| {
+        ConnectError::Url { url: url.to_string(), reason: format!("client config: {e}") }
+    })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(&limits));
+    let remote = resolve(addr)?;
+    let local: SocketAddr =
+        if remote.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("literal");
+    let endpoint = Endpoint::client(local).map_err(|e| ConnectError::io("bind a UDP socket", e))?;
+    let peer = addr.to_string();
+    let connecting = endpoint
+        .connect_with(config, remote, &name.to_str())
+        .map_err(|e| ConnectError::Handshake { peer: peer.clone(), reason: e.to_string() })?;
+    let timeout = limits.handshake_timeout;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => {
+            return Err(ConnectError::HandshakeTimeout { peer, seconds: timeout.as_secs_f64() })
+        }
+        Ok(Err(e)) => return Err(ConnectError::Handshake { peer, reason: describe(&e) }),
+        Ok(Ok(conn)) => conn,
+    };
+    Ok(start(conn, Some(endpoint), true, limits, peer, tls))
+}
+
+/// Binds `quic://host:port` and serves handshakes in tasks of their own, each bounded by the
+/// handshake timeout. Returns the bound URL.
+pub(crate) fn listen(
+    url: &str,
+    addr: &str,
+    limits: Limits,
+    tls: &Tls,
+    tx: mpsc::Sender<Session>,
+) -> Result<String, ConnectError> {
+    let crypto = QuicServerConfig::try_from(tls.server_config(url)?).map_err(|e| {
+        ConnectError::Url { url: url.to_string(), reason: format!("server config: {e}") }
+    })?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(&limits));
+    config.migration(false);
+    let local = resolve(addr)?;
+    let endpoint = Endpoint::server(config, local)
+        .map_err(|e| ConnectError::io(format!("listen on {addr}"), e))?;
+    let bound = endpoint.local_addr().map_err(|e| ConnectError::io("local address", e))?;
+    tokio::spawn(accept_loop(endpoint, tx, limits, tls.clone()));
+    Ok(format!("quic://{bound}"))
+}
+
+async fn accept_loop(endpoint: Endpoint, tx: mpsc::Sender<Session>, limits: Limits, tls: Tls) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+            () = tx.closed() => break,
+        };
+        let peer = incoming.remote_address().to_string();
+        let (tx, limits, tls) = (tx.clone(), limits.clone(), tls.clone());
+        tokio::spawn(async move {
+            let timeout = limits.handshake_timeout;
+            let conn = match incoming.accept() {
+                Ok(connecting) => tokio::time::timeout(timeout, connecting).await,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "quic handshake failed");
+                    return;
+                }
+            };
+            let conn = match conn {
+                Err(_) => {
+                    tracing::warn!(%peer, seconds = timeout.as_secs_f64(), "quic handshake timed out");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %describe(&e), "quic handshake failed");
+                    return;
+                }
+                Ok(Ok(conn)) => conn,
+            };
+            let session = start(conn, None, false, limits, peer.clone(), &tls);
+            if tx.try_send(session).is_err() {
+                tracing::warn!(%peer, "session accept queue full, dropping the connection");
+            }
+        });
+    }
+    // Refuse newcomers; sessions already up keep the endpoint's socket until they end.
+    endpoint.set_server_config(None);
+}
+
+fn start(
+    conn: quinn::Connection,
+    endpoint: Option<Endpoint>,
+    dialer: bool,
+    limits: Limits,
+    addr: String,
+    tls: &Tls,
+) -> Session {
+    let chain = conn
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let name = tls.name_peer(chain.as_deref().map(Vec::as_slice));
+    let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
+    let (done_tx, done_rx) = oneshot::channel();
+    let driver = conn.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = driver.accept_bi() => match accepted {
+                    Ok((send, recv)) => {
+                        let stream =
+                            RawStream { read: Box::new(recv), write: Box::new(send), permit: None };
+                        // QUIC's stream limit (max_streams) bounds what the peer has open, and
+                        // the channel holds as many.
+                        let _ = inbound_tx.try_send(stream);
+                    }
+                    Err(e) => {
+                        let _ = done_tx.send(describe(&e));
+                        return;
+                    }
+                },
+                () = inbound_tx.closed() => return,
+            }
+        }
+    });
+    let mux = QuicMux { conn, _endpoint: endpoint };
+    Session::start(Box::new(mux), inbound_rx, done_rx, dialer, limits, PeerInfo { addr, name })
+}
+
+/// QUIC transport settings derived from the session's limits.
+fn transport(limits: &Limits) -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    let streams = u32::try_from(limits.max_streams + STREAM_MARGIN).unwrap_or(u32::MAX);
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .keep_alive_interval(Some(limits.heartbeat_interval));
+    // validate() keeps idle_timeout far below QUIC's 2^62 ms ceiling.
+    config.max_idle_timeout(limits.idle_timeout.try_into().ok());
+    Arc::new(config)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ConnectError> {
+    let context = || format!("resolve {addr}");
+    addr.to_socket_addrs()
+        .map_err(|e| ConnectError::io(context(), e))?
+        .next()
+        .ok_or_else(|| ConnectError::io(context(), io::Error::other("no address")))
+}
+
+/// A connection error in words an operator can act on: QUIC carries TLS alerts as numeric
+/// crypto errors, which this names.
+fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ApplicationClosed(close) => {
+            let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
+            let reason = String::from_utf8_lossy(&close.reason);
+            format!("closed by peer with {}: {reason}", Code::from_u32(code))
+        }
+        ConnectionError::TimedOut => "connection timed out: no packets from the peer".into(),
+        ConnectionError::LocallyClosed => "closed locally".into(),
+        ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            match code {
+                0x100..=0x1ff => {
+                    let alert = rustls::AlertDescription::from((code - 0x100) as u8);
+                    let reason = String::from_utf8_lossy(&close.reason);
+                    let detail =
+                        if reason.is_empty() { String::new() } else { format!(": {reason}") };
+                    format!("peer refused the TLS handshake with alert {alert:?}{detail}")
+                }
+                _ => error.to_string(),
+            }
+        }
+        ConnectionError::TransportError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Streams the peer may open beyond the session's own limit, for control streams and
+/// refusals in flight.
+const STREAM_MARGIN: usize = 64;
+/// Per-stream receive window: what one channel may have in flight towards us.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Connection receive window: the most a peer can make us buffer on one session.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// CONNECTION_CLOSE reasons must fit in a packet.
+const MAX_REASON: usize = 512;

@@ -1,0 +1,175 @@
+//! `tls://`: rustls over TCP with yamux on top, the same session code as plain TCP.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::{ConnectError, Limits, Session};
+
+/// Certificates for `tls://` and `quic://` sessions: the rustls configs for each role, the name
+/// the server must prove, and how to name an authenticated peer.
+///
+/// libchan checks nothing beyond what the configs check; build them to require and verify
+/// certificates both ways (the `certs` crate's `Identity` does: TLS 1.3, the swarm CA as the
+/// only root, ALPN `libchan/1`). Both configs must allow TLS 1.3 for QUIC.
+///
+/// ```no_run
+/// # async fn f(client: std::sync::Arc<rustls::ClientConfig>) -> Result<(), libchan::ConnectError> {
+/// let tls = libchan::Tls::client(client).with_server_name("node-b");
+/// let session = libchan::connect_secure("quic://10.0.0.2:7300", libchan::Limits::default(), &tls).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct Tls {
+    pub(crate) client: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) server: Option<Arc<rustls::ServerConfig>>,
+    server_name: Option<String>,
+    namer: Option<Namer>,
+}
+
+type Namer = Arc<dyn Fn(&[CertificateDer<'_>]) -> Option<String> + Send + Sync>;
+
+impl Tls {
+    /// Both roles: dial with `client`, listen with `server`.
+    pub fn new(client: Arc<rustls::ClientConfig>, server: Arc<rustls::ServerConfig>) -> Self {
+        Self { client: Some(client), server: Some(server), ..Self::default() }
+    }
+
+    /// Dialing only.
+    pub fn client(config: Arc<rustls::ClientConfig>) -> Self {
+        Self { client: Some(config), ..Self::default() }
+    }
+
+    /// Listening only.
+    pub fn server(config: Arc<rustls::ServerConfig>) -> Self {
+        Self { server: Some(config), ..Self::default() }
+    }
+
+    /// The name the server's certificate must carry when dialing; by default the URL's host.
+    /// Dial a node by its node name when its certificate names no address.
+    #[must_use]
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// How to name a peer from its verified certificate chain (end-entity first); the name is
+    /// [`Session::peer_name`]. `certs::peer_name` reads a swarm node's name.
+    #[must_use]
+    pub fn with_peer_name<F>(mut self, namer: F) -> Self
+    where
+        F: Fn(&[CertificateDer<'_>]) -> Option<String> + Send + Sync + 'static,
+    {
+        self.namer = Some(Arc::new(namer));
+        self
+    }
+
+    pub(crate) fn name_peer(&self, chain: Option<&[CertificateDer<'_>]>) -> Option<String> {
+        match (&self.namer, chain) {
+            (Some(namer), Some(chain)) if !chain.is_empty() => namer(chain),
+            _ => None,
+        }
+    }
+
+    /// The server name to verify for a dial to `host`.
+    pub(crate) fn server_name_for(
+        &self,
+        url: &str,
+        host: &str,
+    ) -> Result<ServerName<'static>, ConnectError> {
+        let name = self.server_name.as_deref().unwrap_or(host);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(name.to_string()).map_err(|e| ConnectError::Url {
+            url: url.to_string(),
+            reason: format!("{name:?} is not a valid server name: {e}"),
+        })
+    }
+
+    pub(crate) fn client_config(
+        &self,
+        url: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        self.client.clone().ok_or_else(|| ConnectError::Url {
+            url: url.to_string(),
+            reason: "dialing needs a client certificate config (Tls::client)".into(),
+        })
+    }
+
+    pub(crate) fn server_config(
+        &self,
+        url: &str,
+    ) -> Result<Arc<rustls::ServerConfig>, ConnectError> {
+        self.server.clone().ok_or_else(|| ConnectError::Url {
+            url: url.to_string(),
+            reason: "listening needs a server certificate config (Tls::server)".into(),
+        })
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("client", &self.client.is_some())
+            .field("server", &self.server.is_some())
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Dials `tls://`: TCP, the TLS handshake, then the session handshake, all within the
+/// handshake timeout.
+pub(crate) async fn connect(
+    url: &str,
+    addr: &str,
+    limits: Limits,
+    tls: &Tls,
+) -> Result<Session, ConnectError> {
+    let host = host_of(addr);
+    let name = tls.server_name_for(url, host)?;
+    let connector = TlsConnector::from(tls.client_config(url)?);
+    let timeout = limits.handshake_timeout;
+    let handshake = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnectError::io(format!("connect to {addr}"), e))?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnectError::Handshake { peer: addr.to_string(), reason: e.to_string() })
+    };
+    let stream = tokio::time::timeout(timeout, handshake).await.map_err(|_| {
+        ConnectError::HandshakeTimeout { peer: addr.to_string(), seconds: timeout.as_secs_f64() }
+    })??;
+    let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
+    Session::over_named(stream, true, limits, addr.to_string(), peer_name).await
+}
+
+/// Serves one accepted TCP connection of a `tls://` listener.
+pub(crate) async fn accept(
+    tcp: TcpStream,
+    peer: String,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    tls: &Tls,
+) -> Result<Session, ConnectError> {
+    let timeout = limits.handshake_timeout;
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            return Err(ConnectError::HandshakeTimeout { peer, seconds: timeout.as_secs_f64() })
+        }
+        Ok(Err(e)) => return Err(ConnectError::Handshake { peer, reason: e.to_string() }),
+        Ok(Ok(stream)) => stream,
+    };
+    let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
+    Session::over_named(stream, false, limits, peer, peer_name).await
+}
+
+/// The host of `host:port`, without IPv6 brackets.
+pub(crate) fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
