@@ -34,13 +34,19 @@ impl Mux for QuicMux {
         let conn = self.conn.clone();
         Box::pin(async move {
             let (send, recv) = conn.open_bi().await.map_err(io::Error::from)?;
-            Ok(RawStream { read: Box::new(recv), write: Box::new(send), permit: None })
+            Ok(RawStream::quic(send, recv))
         })
     }
 
     fn close(&self, code: Code, reason: &str) {
         let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
         self.conn.close(VarInt::from_u32(code.to_u32()), reason);
+    }
+}
+
+impl RawStream {
+    fn quic(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Self { read: Box::new(recv), write: Box::new(send), permit: None }
     }
 }
 
@@ -67,14 +73,22 @@ pub(crate) async fn connect(
         .connect_with(config, remote, &name.to_str())
         .map_err(|e| ConnectError::Handshake { peer: peer.clone(), reason: e.to_string() })?;
     let timeout = limits.handshake_timeout;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    // In TLS 1.3 the client is done before the server has checked its certificate. The server
+    // opens its control stream once it has let us in, so waiting for that stream turns a
+    // refusal into a handshake error here instead of a session that dies at once.
+    let handshake = async {
+        let conn = connecting.await?;
+        let (send, recv) = conn.accept_bi().await?;
+        Ok::<_, ConnectionError>((conn, RawStream::quic(send, recv)))
+    };
+    let (conn, control) = match tokio::time::timeout(timeout, handshake).await {
         Err(_) => {
             return Err(ConnectError::HandshakeTimeout { peer, seconds: timeout.as_secs_f64() })
         }
         Ok(Err(e)) => return Err(ConnectError::Handshake { peer, reason: describe(&e) }),
-        Ok(Ok(conn)) => conn,
+        Ok(Ok(accepted)) => accepted,
     };
-    Ok(start(conn, Some(endpoint), true, limits, peer, tls))
+    Ok(start(conn, Some(endpoint), Some(control), limits, peer, tls))
 }
 
 /// Binds `quic://host:port` and serves handshakes in tasks of their own, each bounded by the
@@ -131,7 +145,7 @@ async fn accept_loop(endpoint: Endpoint, tx: mpsc::Sender<Session>, limits: Limi
                 }
                 Ok(Ok(conn)) => conn,
             };
-            let session = start(conn, None, false, limits, peer.clone(), &tls);
+            let session = start(conn, None, None, limits, peer.clone(), &tls);
             if tx.try_send(session).is_err() {
                 tracing::warn!(%peer, "session accept queue full, dropping the connection");
             }
@@ -141,28 +155,33 @@ async fn accept_loop(endpoint: Endpoint, tx: mpsc::Sender<Session>, limits: Limi
     endpoint.set_server_config(None);
 }
 
+/// Starts a session on an established connection. The dialer (with its own `endpoint`) has
+/// already taken the peer's `first` stream.
 fn start(
     conn: quinn::Connection,
     endpoint: Option<Endpoint>,
-    dialer: bool,
+    first: Option<RawStream>,
     limits: Limits,
     addr: String,
     tls: &Tls,
 ) -> Session {
+    let dialer = endpoint.is_some();
     let chain = conn
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok());
     let name = tls.name_peer(chain.as_deref().map(Vec::as_slice));
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
+    if let Some(first) = first {
+        let _ = inbound_tx.try_send(first);
+    }
     let driver = conn.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 accepted = driver.accept_bi() => match accepted {
                     Ok((send, recv)) => {
-                        let stream =
-                            RawStream { read: Box::new(recv), write: Box::new(send), permit: None };
+                        let stream = RawStream::quic(send, recv);
                         // QUIC's stream limit (max_streams) bounds what the peer has open, and
                         // the channel holds as many.
                         let _ = inbound_tx.try_send(stream);
@@ -216,22 +235,27 @@ fn describe(error: &ConnectionError) -> String {
         }
         ConnectionError::TimedOut => "connection timed out: no packets from the peer".into(),
         ConnectionError::LocallyClosed => "closed locally".into(),
-        ConnectionError::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            match code {
-                0x100..=0x1ff => {
-                    let alert = rustls::AlertDescription::from((code - 0x100) as u8);
-                    let reason = String::from_utf8_lossy(&close.reason);
-                    let detail =
-                        if reason.is_empty() { String::new() } else { format!(": {reason}") };
-                    format!("peer refused the TLS handshake with alert {alert:?}{detail}")
-                }
-                _ => error.to_string(),
+        ConnectionError::ConnectionClosed(close) => match alert(close.error_code) {
+            Some(alert) => {
+                let reason = String::from_utf8_lossy(&close.reason);
+                let detail = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+                format!("peer refused the TLS handshake with alert {alert:?}{detail}")
             }
-        }
-        ConnectionError::TransportError(e) => e.to_string(),
+            None => error.to_string(),
+        },
+        ConnectionError::TransportError(e) => match alert(e.code) {
+            Some(alert) => format!("TLS handshake failed with alert {alert:?}: {}", e.reason),
+            None => e.to_string(),
+        },
         other => other.to_string(),
     }
+}
+
+/// The TLS alert a QUIC crypto error carries (codes 0x100 to 0x1ff).
+fn alert(code: quinn::TransportErrorCode) -> Option<rustls::AlertDescription> {
+    let code = u64::from(code);
+    let alert = u8::try_from(code.checked_sub(0x100)?).ok()?;
+    Some(rustls::AlertDescription::from(alert))
 }
 
 /// Streams the peer may open beyond the session's own limit, for control streams and

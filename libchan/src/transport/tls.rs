@@ -145,7 +145,20 @@ pub(crate) async fn connect(
         ConnectError::HandshakeTimeout { peer: addr.to_string(), seconds: timeout.as_secs_f64() }
     })??;
     let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
-    Session::over_named(stream, true, limits, addr.to_string(), peer_name).await
+    // In TLS 1.3 the server checks our certificate after our side of the handshake is done:
+    // its refusal arrives as an alert where its preamble should be.
+    Session::over_named(stream, true, limits, addr.to_string(), peer_name).await.map_err(
+        |e| match e {
+            ConnectError::Io { source, .. } if is_tls(&source) => {
+                ConnectError::Handshake { peer: addr.to_string(), reason: source.to_string() }
+            }
+            e => e,
+        },
+    )
+}
+
+fn is_tls(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// Serves one accepted TCP connection of a `tls://` listener.
