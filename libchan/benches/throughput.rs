@@ -1,11 +1,16 @@
-//! libchan against raw yamux streams on the same kind of connection (TCP loopback), in one
-//! run, printing the ratios. `cargo bench -p libchan`; `-- --quick` for a short run.
+//! libchan against its raw transport, in one run per transport, printing the ratios:
+//! yamux over TCP loopback against a raw yamux stream, `tls://` against a raw rustls stream,
+//! `quic://` against a raw quinn stream. `cargo bench -p libchan`; `-- --quick` for a short
+//! run; `-- tcp`, `-- tls` or `-- quic` for one transport.
 
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use libchan::raw::RawYamux;
-use libchan::{byte_pipe, pipe, ByteStream, Sender, Session};
+use libchan::raw::{BoxRead, BoxWrite, RawYamux};
+use libchan::{byte_pipe, pipe, ByteStream, Limits, Sender, Session, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,33 +33,83 @@ struct Scale {
     round_trips: u64,
     bulk: usize,
     opens: u64,
+    handshakes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Net {
+    Tcp,
+    Tls,
+    Quic,
+}
+
+impl Net {
+    fn title(self) -> &'static str {
+        match self {
+            Net::Tcp => "yamux over TCP loopback | raw yamux stream",
+            Net::Tls => "tls:// (rustls + yamux) | raw rustls stream",
+            Net::Quic => "quic:// (quinn) | raw quinn stream",
+        }
+    }
+}
+
+/// One direction-pair of a raw stream, and what keeps its connection open.
+struct RawStream {
+    read: BoxRead,
+    write: BoxWrite,
+    _keep: Box<dyn Any + Send>,
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let scale = if quick {
-        Scale { messages: 200_000, round_trips: 2_000, bulk: 64 << 20, opens: 2_000 }
+        Scale {
+            messages: 200_000,
+            round_trips: 2_000,
+            bulk: 64 << 20,
+            opens: 2_000,
+            handshakes: 200,
+        }
     } else {
-        Scale { messages: 2_000_000, round_trips: 20_000, bulk: 1 << 30, opens: 20_000 }
+        Scale {
+            messages: 2_000_000,
+            round_trips: 20_000,
+            bulk: 1 << 30,
+            opens: 20_000,
+            handshakes: 1_000,
+        }
     };
+    let only: Vec<Net> = args
+        .iter()
+        .filter_map(|a| match a.as_str() {
+            "tcp" => Some(Net::Tcp),
+            "tls" => Some(Net::Tls),
+            "quic" => Some(Net::Quic),
+            _ => None,
+        })
+        .collect();
+    let nets = if only.is_empty() { vec![Net::Tcp, Net::Tls, Net::Quic] } else { only };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run(scale));
+    for net in nets {
+        runtime.block_on(run(net, &scale));
+    }
 }
 
-async fn run(scale: Scale) {
+async fn run(net: Net, scale: &Scale) {
     let mut rows = Vec::new();
-    let raw = one_way_raw(scale.messages).await;
-    let chan = one_way_libchan(scale.messages).await;
+    let raw = one_way_raw(net, scale.messages).await;
+    let chan = one_way_libchan(net, scale.messages).await;
     rows.push(("64 B one-way messages/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
 
-    let (raw50, raw99) = ping_pong_raw(scale.round_trips).await;
-    let (chan50, chan99) = request_response_libchan(scale.round_trips).await;
+    let (raw50, raw99) = ping_pong_raw(net, scale.round_trips).await;
+    let (chan50, chan99) = request_response_libchan(net, scale.round_trips).await;
     rows.push(("request/response p50 (us)", fmt_us(raw50), fmt_us(chan50), chan50 / raw50));
     rows.push(("request/response p99 (us)", fmt_us(raw99), fmt_us(chan99), chan99 / raw99));
 
-    let raw = bulk_raw(scale.bulk).await;
-    let chan = bulk_libchan(scale.bulk).await;
+    let raw = bulk_raw(net, scale.bulk).await;
+    let chan = bulk_libchan(net, scale.bulk).await;
     rows.push((
         "byte stream bulk (GB/s)",
         format!("{:.2}", raw / 1e9),
@@ -62,11 +117,17 @@ async fn run(scale: Scale) {
         chan / raw,
     ));
 
-    let raw = opens_raw(scale.opens).await;
-    let chan = opens_libchan(scale.opens).await;
-    rows.push(("channel opens/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
+    if net == Net::Tcp {
+        let raw = opens_raw(scale.opens).await;
+        let chan = opens_libchan(scale.opens).await;
+        rows.push(("channel opens/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
+    } else {
+        let raw = handshakes_raw(net, scale.handshakes).await;
+        let chan = handshakes_libchan(net, scale.handshakes).await;
+        rows.push(("handshakes/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
+    }
 
-    println!("\n| yamux over TCP loopback | raw yamux stream | libchan | libchan / raw |");
+    println!("\n| {} | libchan | libchan / raw |", net.title());
     println!("|---|---|---|---|");
     for (name, raw, chan, ratio) in rows {
         println!("| {name} | {raw} | {chan} | {ratio:.2} |");
@@ -85,6 +146,25 @@ fn fmt_us(us: f64) -> String {
     format!("{us:.1}")
 }
 
+/// A throwaway swarm: client and server identities, both named by 127.0.0.1.
+fn swarm() -> &'static (certs::Identity, certs::Identity) {
+    static SWARM: OnceLock<(certs::Identity, certs::Identity)> = OnceLock::new();
+    SWARM.get_or_init(|| {
+        let ca = certs::Ca::create("bench CA").unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let id = |name: &str| certs::Identity::new(&ca, &ca.issue(name, &[], &[ip]).unwrap());
+        (id("client").unwrap(), id("server").unwrap())
+    })
+}
+
+fn client_config() -> Arc<rustls::ClientConfig> {
+    swarm().0.client_config()
+}
+
+fn server_config() -> Arc<rustls::ServerConfig> {
+    swarm().1.server_config()
+}
+
 async fn tcp_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -95,46 +175,121 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
-async fn raw_pair() -> (RawYamux, RawYamux) {
+async fn raw_yamux_pair() -> (RawYamux, RawYamux) {
     let (a, b) = tcp_pair().await;
     (RawYamux::start(a, true), RawYamux::start(b, false))
 }
 
-async fn session_pair() -> (Session, Session) {
-    let listener = libchan::listen("tcp://127.0.0.1:0").await.unwrap();
-    let client = libchan::connect(listener.local_url()).await.unwrap();
+/// A connected quinn client and server endpoint with libchan's transport settings.
+async fn quic_pair() -> (quinn::Connection, quinn::Connection, quinn::Endpoint, quinn::Endpoint) {
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_config()).unwrap();
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(server_crypto)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr: SocketAddr = server.local_addr().unwrap();
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_config()).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+    let (a, b) =
+        tokio::join!(async { client.connect(addr, "127.0.0.1").unwrap().await.unwrap() }, async {
+            server.accept().await.unwrap().await.unwrap()
+        });
+    (a, b, client, server)
+}
+
+/// One raw stream of the transport, established both ways (a byte each way).
+async fn raw_stream_pair(net: Net) -> (RawStream, RawStream) {
+    let (a, b) = match net {
+        Net::Tcp => {
+            let (a, mut b) = raw_yamux_pair().await;
+            let (read, mut write) = a.open().await.unwrap();
+            write.write_all(&[1]).await.unwrap();
+            let (their_read, their_write) = b.inbound.recv().await.unwrap();
+            (
+                RawStream { read, write, _keep: Box::new(a) },
+                RawStream { read: their_read, write: their_write, _keep: Box::new(b) },
+            )
+        }
+        Net::Tls => {
+            let (a, b) = tcp_pair().await;
+            let connector = tokio_rustls::TlsConnector::from(client_config());
+            let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let (a, b) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
+            let (ar, mut aw) = tokio::io::split(a.unwrap());
+            let (br, bw) = tokio::io::split(b.unwrap());
+            aw.write_all(&[1]).await.unwrap();
+            (
+                RawStream { read: Box::new(ar), write: Box::new(aw), _keep: Box::new(()) },
+                RawStream { read: Box::new(br), write: Box::new(bw), _keep: Box::new(()) },
+            )
+        }
+        Net::Quic => {
+            let (a, b, client, server) = quic_pair().await;
+            let (mut send, recv) = a.open_bi().await.unwrap();
+            send.write_all(&[1]).await.unwrap();
+            let (their_send, their_recv) = b.accept_bi().await.unwrap();
+            (
+                RawStream {
+                    read: Box::new(recv),
+                    write: Box::new(send),
+                    _keep: Box::new((a, client)),
+                },
+                RawStream {
+                    read: Box::new(their_recv),
+                    write: Box::new(their_send),
+                    _keep: Box::new((b, server)),
+                },
+            )
+        }
+    };
+    let (a, mut b) = (a, b);
+    let mut byte = [0u8; 1];
+    b.read.read_exact(&mut byte).await.unwrap();
+    (a, b)
+}
+
+async fn session_pair(net: Net) -> (Session, Session) {
+    let url = match net {
+        Net::Tcp => "tcp://127.0.0.1:0",
+        Net::Tls => "tls://127.0.0.1:0",
+        Net::Quic => "quic://127.0.0.1:0",
+    };
+    let (client, server) = (Tls::client(client_config()), Tls::server(server_config()));
+    let listener = libchan::listen_secure(url, Limits::default(), &server).await.unwrap();
+    let client =
+        libchan::connect_secure(listener.local_url(), Limits::default(), &client).await.unwrap();
     (client, listener.accept().await.unwrap())
 }
 
-/// 64-byte records, length-prefixed, through buffered writes: the best raw yamux can do.
-async fn one_way_raw(n: u64) -> f64 {
-    let (a, mut b) = raw_pair().await;
-    let (_, w) = a.open().await.unwrap();
+/// 64-byte records, length-prefixed, through buffered writes: the best the raw stream can do.
+async fn one_way_raw(net: Net, n: u64) -> f64 {
+    let (a, b) = raw_stream_pair(net).await;
     let start = Instant::now();
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 * 1024, w);
+        let mut w = BufWriter::with_capacity(64 * 1024, a.write);
         let record = [0u8; 68];
         for _ in 0..n {
             w.write_all(&record).await.unwrap();
         }
         w.flush().await.unwrap();
         w.shutdown().await.unwrap();
+        a._keep
     });
-    w_first_byte(&mut b).await;
-    let (r, _w) = b.inbound.recv().await.unwrap();
-    let mut r = BufReader::with_capacity(64 * 1024, r);
+    let mut r = BufReader::with_capacity(64 * 1024, b.read);
     let mut record = [0u8; 68];
     for _ in 0..n {
         r.read_exact(&mut record).await.unwrap();
     }
-    writer.await.unwrap();
-    n as f64 / start.elapsed().as_secs_f64()
+    let elapsed = start.elapsed();
+    drop(writer.await.unwrap());
+    n as f64 / elapsed.as_secs_f64()
 }
 
-async fn w_first_byte(_b: &mut RawYamux) {}
-
-async fn one_way_libchan(n: u64) -> f64 {
-    let (a, b) = session_pair().await;
+async fn one_way_libchan(net: Net, n: u64) -> f64 {
+    let (a, b) = session_pair(net).await;
     let tx = a.open::<Small>().await.unwrap();
     let mut rx = b.accept::<Small>().await.unwrap();
     let start = Instant::now();
@@ -158,11 +313,10 @@ fn percentiles(h: &Histogram<u64>) -> (f64, f64) {
     (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
 }
 
-async fn ping_pong_raw(n: u64) -> (f64, f64) {
-    let (a, mut b) = raw_pair().await;
-    let (mut r, mut w) = a.open().await.unwrap();
-    w.write_all(&[0u8; 64]).await.unwrap();
-    let (mut pr, mut pw) = b.inbound.recv().await.unwrap();
+async fn ping_pong_raw(net: Net, n: u64) -> (f64, f64) {
+    let (a, b) = raw_stream_pair(net).await;
+    let (mut r, mut w) = (a.read, a.write);
+    let (mut pr, mut pw) = (b.read, b.write);
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         while pr.read_exact(&mut buf).await.is_ok() {
@@ -172,13 +326,14 @@ async fn ping_pong_raw(n: u64) -> (f64, f64) {
         }
     });
     let mut buf = [0u8; 64];
-    r.read_exact(&mut buf).await.unwrap();
     let mut hist = Histogram::<u64>::new(3).unwrap();
-    for _ in 0..n {
+    for i in 0..n + 100 {
         let start = Instant::now();
         w.write_all(&buf).await.unwrap();
         r.read_exact(&mut buf).await.unwrap();
-        hist.record(start.elapsed().as_nanos() as u64).unwrap();
+        if i >= 100 {
+            hist.record(start.elapsed().as_nanos() as u64).unwrap();
+        }
     }
     w.shutdown().await.unwrap();
     drop((r, w));
@@ -186,8 +341,8 @@ async fn ping_pong_raw(n: u64) -> (f64, f64) {
     percentiles(&hist)
 }
 
-async fn request_response_libchan(n: u64) -> (f64, f64) {
-    let (a, b) = session_pair().await;
+async fn request_response_libchan(net: Net, n: u64) -> (f64, f64) {
+    let (a, b) = session_pair(net).await;
     let tx = a.open::<Request>().await.unwrap();
     let mut rx = b.accept::<Request>().await.unwrap();
     let server = tokio::spawn(async move {
@@ -211,11 +366,11 @@ async fn request_response_libchan(n: u64) -> (f64, f64) {
     percentiles(&hist)
 }
 
-async fn bulk_raw(total: usize) -> f64 {
-    let (a, mut b) = raw_pair().await;
-    let (_, mut w) = a.open().await.unwrap();
+async fn bulk_raw(net: Net, total: usize) -> f64 {
+    let (a, mut b) = raw_stream_pair(net).await;
     let start = Instant::now();
     let writer = tokio::spawn(async move {
+        let mut w = a.write;
         let chunk = vec![1u8; 256 * 1024];
         let mut sent = 0;
         while sent < total {
@@ -223,16 +378,17 @@ async fn bulk_raw(total: usize) -> f64 {
             sent += chunk.len();
         }
         w.shutdown().await.unwrap();
+        a._keep
     });
-    let (mut r, _w) = b.inbound.recv().await.unwrap();
-    let got = drain(&mut r).await;
+    let got = drain(&mut b.read).await;
+    let elapsed = start.elapsed();
     assert!(got >= total);
-    writer.await.unwrap();
-    got as f64 / start.elapsed().as_secs_f64()
+    drop(writer.await.unwrap());
+    got as f64 / elapsed.as_secs_f64()
 }
 
-async fn bulk_libchan(total: usize) -> f64 {
-    let (a, b) = session_pair().await;
+async fn bulk_libchan(net: Net, total: usize) -> f64 {
+    let (a, b) = session_pair(net).await;
     let tx = a.open::<ByteStream>().await.unwrap();
     let mut rx = b.accept::<ByteStream>().await.unwrap();
     let (mut mine, theirs) = byte_pipe();
@@ -268,7 +424,7 @@ async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> usize {
 
 /// Open a stream, send one small record, the peer accepts and reads it; one at a time.
 async fn opens_raw(n: u64) -> f64 {
-    let (a, mut b) = raw_pair().await;
+    let (a, mut b) = raw_yamux_pair().await;
     let start = Instant::now();
     let acceptor = tokio::spawn(async move {
         for _ in 0..n {
@@ -291,7 +447,7 @@ async fn opens_raw(n: u64) -> f64 {
 }
 
 async fn opens_libchan(n: u64) -> f64 {
-    let (a, b) = session_pair().await;
+    let (a, b) = session_pair(Net::Tcp).await;
     let start = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let acceptor = tokio::spawn(async move {
@@ -308,5 +464,90 @@ async fn opens_libchan(n: u64) -> f64 {
         tx.close().await;
     }
     acceptor.await.unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Full handshakes one after another, each ending with a byte there and back.
+async fn handshakes_raw(net: Net, n: u64) -> f64 {
+    let start = Instant::now();
+    match net {
+        Net::Tcp => unreachable!("TCP has no handshake row"),
+        Net::Tls => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
+            let server = tokio::spawn(async move {
+                for _ in 0..n {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    let mut byte = [0u8; 1];
+                    tls.read_exact(&mut byte).await.unwrap();
+                    tls.write_all(&byte).await.unwrap();
+                    tls.flush().await.unwrap();
+                }
+            });
+            let connector = tokio_rustls::TlsConnector::from(client_config());
+            for _ in 0..n {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                tls.write_all(&[1]).await.unwrap();
+                tls.flush().await.unwrap();
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte).await.unwrap();
+            }
+            server.await.unwrap();
+        }
+        Net::Quic => {
+            let (_, _, client, server) = quic_pair().await;
+            let addr = server.local_addr().unwrap();
+            let serve = tokio::spawn(async move {
+                for _ in 0..n {
+                    let conn = server.accept().await.unwrap().await.unwrap();
+                    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                    let mut byte = [0u8; 1];
+                    recv.read_exact(&mut byte).await.unwrap();
+                    send.write_all(&byte).await.unwrap();
+                    let _ = send.finish();
+                    let _ = conn.closed().await;
+                }
+            });
+            for _ in 0..n {
+                let conn = client.connect(addr, "127.0.0.1").unwrap().await.unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&[1]).await.unwrap();
+                let mut byte = [0u8; 1];
+                recv.read_exact(&mut byte).await.unwrap();
+                conn.close(0u32.into(), b"");
+            }
+            serve.await.unwrap();
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Sessions one after another: connect, accept, one message, the server closes.
+async fn handshakes_libchan(net: Net, n: u64) -> f64 {
+    let url = if net == Net::Tls { "tls://127.0.0.1:0" } else { "quic://127.0.0.1:0" };
+    let (client, server) = (Tls::client(client_config()), Tls::server(server_config()));
+    let listener = libchan::listen_secure(url, Limits::default(), &server).await.unwrap();
+    let url = listener.local_url().to_string();
+    let start = Instant::now();
+    let serve = tokio::spawn(async move {
+        for _ in 0..n {
+            let session = listener.accept().await.unwrap();
+            let mut rx = session.accept::<u8>().await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), Some(1));
+            session.close(libchan::proto::Code::Ok, "done").await;
+        }
+    });
+    for _ in 0..n {
+        let session = libchan::connect_secure(&url, Limits::default(), &client).await.unwrap();
+        let tx = session.open::<u8>().await.unwrap();
+        tx.send(1).await.unwrap();
+        session.closed().await;
+    }
+    serve.await.unwrap();
     n as f64 / start.elapsed().as_secs_f64()
 }

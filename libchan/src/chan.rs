@@ -38,7 +38,18 @@ pub fn pipe<T: Message>() -> (Sender<T>, Receiver<T>) {
 /// [`pipe`] with a given capacity (at least 1).
 pub fn pipe_with_capacity<T: Message>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (Sender { inner: SenderInner::Mem(tx) }, Receiver::with(RecvInner::Mem(rx)))
+    let receiver = Receiver::with(RecvInner::Mem { rx, nets: Vec::new() });
+    (Sender { inner: SenderInner::Mem(tx) }, receiver)
+}
+
+/// What an in-memory pipe carries.
+enum Item<T> {
+    Msg(T),
+    /// Ends the channel with an error (`Sender::fail`).
+    Err(RecvError),
+    /// A clone of the sender went to a peer: what the peer sends arrives on this stream,
+    /// which the receiver reads from directly from now on, beside the pipe.
+    Net(NetReceiver),
 }
 
 /// Forwards every message from `from` to `to`, then closes `to`. Returns the number of
@@ -94,7 +105,7 @@ pub struct Sender<T> {
 }
 
 enum SenderInner<T> {
-    Mem(mpsc::Sender<Result<T, RecvError>>),
+    Mem(mpsc::Sender<Item<T>>),
     Net(Arc<SendShared>, PhantomData<fn(T)>),
 }
 
@@ -132,10 +143,10 @@ impl<T: Message> Sender<T> {
     /// If the future is dropped while waiting for buffer space, the value is dropped unsent.
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
         match &self.inner {
-            SenderInner::Mem(tx) => tx.send(Ok(value)).await.map_err(|e| match e.0 {
-                Ok(value) => SendError::new(value, SendFailure::Closed),
-                // Invariant: we sent Ok above and get the same value back.
-                Err(_) => unreachable!("pipe returned a value that was not sent"),
+            SenderInner::Mem(tx) => tx.send(Item::Msg(value)).await.map_err(|e| match e.0 {
+                Item::Msg(value) => SendError::new(value, SendFailure::Closed),
+                // Invariant: we sent a message above and get the same item back.
+                Item::Err(_) | Item::Net(_) => unreachable!("pipe returned an item not sent"),
             }),
             SenderInner::Net(shared, _) => send_net(shared, value).await,
         }
@@ -186,7 +197,7 @@ impl<T: Message> Sender<T> {
     async fn fail_with(self, code: Code, message: String) {
         match &self.inner {
             SenderInner::Mem(tx) => {
-                let _ = tx.send(Err(RecvError::Remote { code, message })).await;
+                let _ = tx.send(Item::Err(RecvError::Remote { code, message })).await;
             }
             SenderInner::Net(shared, _) => {
                 let shared = shared.clone();
@@ -233,15 +244,34 @@ impl<T> std::fmt::Debug for Sender<T> {
 
 impl<T: Message> Serialize for Sender<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // The peer gets a sender; we read what it sends from a new stream into this one.
-        let local = self.clone();
-        let start: context::Start = Box::new(move |session, ref_id, stream| {
-            Box::pin(async move {
-                let remote =
-                    Receiver::<T>::from_net(session, ref_id, PendingStream::Ready(stream), true);
-                let _ = copy(remote, local).await;
-            })
-        });
+        // The peer gets a sender; what it sends arrives on a new stream. A pipe's receiver
+        // reads that stream itself; a sender of another session gets it relayed.
+        let start: context::Start = match &self.inner {
+            SenderInner::Mem(tx) => {
+                let tx = tx.clone();
+                Box::new(move |session, ref_id, stream| {
+                    Box::pin(async move {
+                        let net = NetReceiver::new(session, ref_id, stream);
+                        // A receiver that is gone drops the stream, which tells the peer.
+                        let _ = tx.send(Item::Net(net)).await;
+                    })
+                })
+            }
+            SenderInner::Net(..) => {
+                let local = self.clone();
+                Box::new(move |session, ref_id, stream| {
+                    Box::pin(async move {
+                        let remote = Receiver::<T>::from_net(
+                            session,
+                            ref_id,
+                            PendingStream::Ready(stream),
+                            true,
+                        );
+                        let _ = copy(remote, local).await;
+                    })
+                })
+            }
+        };
         let id = context::export(Kind::Channel, Direction::AcceptorSends, start)
             .map_err(S::Error::custom)?;
         Required::<u64, TAG_SENDER>(id).serialize(serializer)
@@ -474,7 +504,7 @@ pub struct Receiver<T> {
 }
 
 enum RecvInner<T> {
-    Mem(mpsc::Receiver<Result<T, RecvError>>),
+    Mem { rx: mpsc::Receiver<Item<T>>, nets: Vec<NetReceiver> },
     Net(NetReceiver),
 }
 
@@ -515,18 +545,45 @@ impl<T: Message> Receiver<T> {
             return Poll::Ready(Err(RecvError::Protocol("receiver was sent away".into())));
         };
         match inner {
-            RecvInner::Mem(rx) => rx.poll_recv(cx).map(Option::transpose),
-            RecvInner::Net(net) => {
-                let Some(payload) = ready!(net.poll_msg(cx))? else {
-                    return Poll::Ready(Ok(None));
-                };
-                let decoded = decode::<T>(&net.session, net.ref_id, &payload);
-                if let Err(RecvError::Protocol(_)) = &decoded {
-                    net.stop(true);
+            RecvInner::Mem { rx, nets } => poll_pipe(rx, nets, cx),
+            RecvInner::Net(net) => net.poll_recv::<T>(cx),
+        }
+    }
+}
+
+/// Polls a pipe and the streams spliced into it: peers' messages first, then the pipe's.
+/// The channel ends when every sender is gone: the pipe's and the peers'.
+fn poll_pipe<T: Message>(
+    rx: &mut mpsc::Receiver<Item<T>>,
+    nets: &mut Vec<NetReceiver>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<T>, RecvError>> {
+    loop {
+        let mut i = 0;
+        while i < nets.len() {
+            match nets[i].poll_recv::<T>(cx) {
+                Poll::Pending => i += 1,
+                Poll::Ready(Ok(None)) => drop(nets.swap_remove(i)),
+                Poll::Ready(Ok(Some(value))) => return Poll::Ready(Ok(Some(value))),
+                Poll::Ready(Err(e)) => {
+                    // A fatal error ends that peer's stream, not the pipe.
+                    if e.is_fatal() {
+                        drop(nets.swap_remove(i));
+                    }
+                    return Poll::Ready(Err(e));
                 }
-                Poll::Ready(decoded.map(Some))
             }
         }
+        return match rx.poll_recv(cx) {
+            Poll::Ready(Some(Item::Msg(value))) => Poll::Ready(Ok(Some(value))),
+            Poll::Ready(Some(Item::Err(e))) => Poll::Ready(Err(e)),
+            Poll::Ready(Some(Item::Net(net))) => {
+                nets.push(net);
+                continue;
+            }
+            Poll::Ready(None) if nets.is_empty() => Poll::Ready(Ok(None)),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        };
     }
 }
 
@@ -601,6 +658,27 @@ impl NetState {
 }
 
 impl NetReceiver {
+    /// The receiving side of a stream we opened for an exported sender: ACCEPT comes first.
+    fn new(session: Arc<SessionInner>, ref_id: u64, stream: RawStream) -> Self {
+        let state = NetState::ready(stream, &session);
+        Self { session, ref_id, state, accept_pending: true }
+    }
+
+    /// The next message, decoded as `T`.
+    fn poll_recv<T: Message>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<T>, RecvError>> {
+        let Some(payload) = ready!(self.poll_msg(cx))? else {
+            return Poll::Ready(Ok(None));
+        };
+        let decoded = decode::<T>(&self.session, self.ref_id, &payload);
+        if let Err(RecvError::Protocol(_)) = &decoded {
+            self.stop(true);
+        }
+        Poll::Ready(decoded.map(Some))
+    }
+
     fn poll_msg(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {
         loop {
             match &mut self.state {

@@ -439,6 +439,36 @@ async fn fail_reaches_receiver(t: Transport) {
     .await;
 }
 
+/// One pipe sender sent to the peer while a clone stays here: the receiver gets what both
+/// send, and ends only when both are gone; dropping it stops the far sender.
+async fn pipe_sender_shared_with_peer(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<Sender<u32>>().await;
+    let (near, mut merged) = pipe::<u32>();
+    tx.send(near.clone()).await.unwrap();
+    let far = within("far sender", rx.recv()).await.unwrap().unwrap();
+    far.send(1).await.unwrap();
+    near.send(2).await.unwrap();
+    let mut got = vec![
+        within("first", merged.recv()).await.unwrap().unwrap(),
+        within("second", merged.recv()).await.unwrap().unwrap(),
+    ];
+    got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+    drop(near);
+    far.send(3).await.unwrap();
+    assert_eq!(within("after near is gone", merged.recv()).await.unwrap(), Some(3));
+    far.close().await;
+    assert_eq!(within("end", merged.recv()).await.unwrap(), None);
+
+    let (near, merged) = pipe::<u32>();
+    tx.send(near).await.unwrap();
+    let far = within("second far sender", rx.recv()).await.unwrap().unwrap();
+    drop(merged);
+    within("far sender sees the receiver gone", far.closed()).await;
+    assert!(far.send(4).await.is_err());
+}
+
 macro_rules! conformance {
     ($($transport:ident => $module:ident),*) => {$(
         mod $module {
@@ -464,6 +494,8 @@ macro_rules! conformance {
             async fn drop_right_after_write() { super::drop_right_after_write(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fail_reaches_receiver() { super::fail_reaches_receiver(T).await }
+            #[tokio::test]
+            async fn pipe_sender_shared_with_peer() { super::pipe_sender_shared_with_peer(T).await }
         }
     )*};
 }
