@@ -5,7 +5,7 @@
 //! stage, known by name in a [`Registry`](service::Registry); a pipeline (`swarm-node 'STAGE'
 //! 'STAGE' ...`) spawns each stage with the next one downstream.
 //!
-//! ```ignore
+//! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use backends::service::{parse_pipeline, Client, Pipeline, Tasks};
 //! use std::time::Duration;
@@ -34,9 +34,16 @@
 
 pub mod service;
 
+mod debug;
+mod random;
+mod simulator;
+
+pub use debug::Debug;
+pub use simulator::Simulator;
+
 use service::Registry;
 
 /// A registry of the built-in backends.
 pub fn registry() -> Registry {
-    Registry::new()
+    Registry::new().with(Debug).with(Simulator)
 }
