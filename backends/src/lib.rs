@@ -35,15 +35,17 @@
 pub mod service;
 
 mod debug;
+mod exec;
 mod random;
 mod simulator;
 
 pub use debug::Debug;
+pub use exec::Exec;
 pub use simulator::Simulator;
 
 use service::Registry;
 
 /// A registry of the built-in backends.
 pub fn registry() -> Registry {
-    Registry::new().with(Debug).with(Simulator)
+    Registry::new().with(Debug).with(Exec).with(Simulator)
 }

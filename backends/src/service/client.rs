@@ -135,15 +135,21 @@ impl Client {
     }
 
     /// `Attach(name)`: the named object (`""` for the service itself), what it streams after
-    /// its `Ack`, and the byte stream that came with the `Ack`.
+    /// its `Ack`, and the byte stream that came with the `Ack`. An `Ack` without `ret` means
+    /// the service itself (as `exec` answers `Attach("stdout")`): `object` is this client.
     ///
     /// # Errors
     /// As [`Client::spawn`].
     pub async fn attach(&self, name: &str) -> Result<Attached, ClientError> {
         let (reply, events) = self.call(Verb::Attach, [name]).await?;
         let reply = self.check(Verb::Attach, reply, Verb::Ack)?;
-        let label = if name.is_empty() { self.name.clone() } else { name.to_owned() };
-        let object = self.object(Verb::Attach, reply.ret, &label)?;
+        let object = match reply.ret {
+            Some(target) if !name.is_empty() => {
+                Client { target, name: name.to_owned(), ..self.clone() }
+            }
+            Some(target) => Client { target, ..self.clone() },
+            None => self.clone(),
+        };
         Ok(Attached { object, events, att: reply.att })
     }
 
