@@ -34,11 +34,13 @@
 
 pub mod service;
 
+mod aggregate;
 mod debug;
 mod exec;
 mod random;
 mod simulator;
 
+pub use aggregate::Aggregate;
 pub use debug::Debug;
 pub use exec::Exec;
 pub use simulator::Simulator;
@@ -47,5 +49,5 @@ use service::Registry;
 
 /// A registry of the built-in backends.
 pub fn registry() -> Registry {
-    Registry::new().with(Debug).with(Exec).with(Simulator)
+    Registry::new().with(Aggregate).with(Debug).with(Exec).with(Simulator)
 }
