@@ -2,7 +2,7 @@
 //!
 //! A *service* is a [`libchan::Sender`] of [`Message`](service::Message)s
 //! `{verb, args, ret, att}`; answers come back on `ret`. A *backend* is a kind of pipeline
-//! stage, known by name in a [`Registry`](service::Registry); a pipeline (`swarm-node 'STAGE'
+//! stage, known by name in a [`service::Registry`]; a pipeline (`swarm-node 'STAGE'
 //! 'STAGE' ...`) spawns each stage with the next one downstream.
 //!
 //! ```
