@@ -435,6 +435,21 @@ mod tests {
         })
     }
 
+    /// A shell whose child runs in the background: signalling only the shell orphans it.
+    const SLEEPER: &str = r#"exec /bin/sh -c "sleep 1000 & echo ready; wait""#;
+
+    /// Starts [`SLEEPER`] and waits until its child runs; returns the group's id.
+    async fn start_sleeper(process: &Client) -> u64 {
+        let mut stdout = process.attach("stdout").await.unwrap().att.unwrap();
+        process.start().await.unwrap();
+        let mut ready = [0; 6];
+        tokio::time::timeout(LIMIT, stdout.read_exact(&mut ready)).await.unwrap().unwrap();
+        assert_eq!(&ready, b"ready\n");
+        let pid = state(process).await["Pid"].as_u64().unwrap();
+        assert!(group_alive(pid));
+        pid
+    }
+
     #[tokio::test]
     async fn output_and_exit_status() {
         let tasks = Tasks::new();
@@ -482,10 +497,8 @@ mod tests {
     #[tokio::test]
     async fn stop_terminates_the_whole_group() {
         let tasks = Tasks::new();
-        let (process, _) = exec(r#"exec /bin/sh -c "sleep 1000; echo never""#, &tasks).await;
-        process.start().await.unwrap();
-        let pid = state(&process).await["Pid"].as_u64().unwrap();
-        assert!(group_alive(pid));
+        let (process, _) = exec(SLEEPER, &tasks).await;
+        let pid = start_sleeper(&process).await;
         let (reply, _) = process.call(Verb::Stop, [""; 0]).await.unwrap();
         assert_eq!((reply.verb, reply.args), (Verb::Ack, vec!["signal 15".to_owned()]));
         assert!(!group_alive(pid), "a process of the group outlived Stop");
@@ -496,9 +509,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_kills_running_processes() {
         let tasks = Tasks::new();
-        let (process, _) = exec(r#"exec /bin/sh -c "sleep 1000; echo never""#, &tasks).await;
-        process.start().await.unwrap();
-        let pid = state(&process).await["Pid"].as_u64().unwrap();
+        let (process, _) = exec(SLEEPER, &tasks).await;
+        let pid = start_sleeper(&process).await;
         assert!(tasks.shutdown(LIMIT).await, "tasks did not end");
         assert!(!group_alive(pid), "a process of the group outlived shutdown");
     }

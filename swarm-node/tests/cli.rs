@@ -82,7 +82,7 @@ fn bad_stages_are_named() {
 #[test]
 fn runs_a_pipeline_and_shuts_down_on_sigint_without_orphans() {
     let child = swarm_node()
-        .args(["debug", r#"exec /bin/sh -c "echo pid $$; exec sleep 1000""#])
+        .args(["debug", r#"exec /bin/sh -c "sleep 1000 & echo pid $$; wait""#])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
