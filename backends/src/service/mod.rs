@@ -1,0 +1,22 @@
+//! The service API every backend speaks.
+//!
+//! A service is a [`libchan::Sender`] of [`Message`]s; answers come back on each request's
+//! `ret`. [`Server`] routes requests to handlers by [`Verb`]; [`Client`] does the request and
+//! answer dance with a bound on every wait; [`Registry`] holds [`Backend`]s by name and spawns
+//! [`Stage`]s from [`StageSpec`]s; [`Pipeline`] chains stages; [`Tasks`] tracks their tasks.
+
+mod client;
+mod message;
+mod pipeline;
+mod registry;
+mod server;
+mod spec;
+mod tasks;
+
+pub use client::{Attached, Client, ClientError};
+pub use message::{Message, ReplyError, Verb};
+pub use pipeline::Pipeline;
+pub use registry::{Backend, Registry, SpawnError, Stage, StageError, StageFailure};
+pub use server::{HandlerError, HandlerResult, Server};
+pub use spec::{parse_pipeline, split_words, SpecError, StageSpec};
+pub use tasks::Tasks;
