@@ -32,12 +32,42 @@ pub struct ByteStream {
 /// A connected pair of in-memory byte streams; each buffers up to 256 KiB.
 pub fn byte_pipe() -> (ByteStream, ByteStream) {
     let (a, b) = tokio::io::duplex(PIPE_BUFFER);
-    (ByteStream::with(Inner::Mem(a)), ByteStream::with(Inner::Mem(b)))
+    let splice = Arc::new(Splice::default());
+    (
+        ByteStream::with(Inner::Mem(a, Some(splice.clone()))),
+        ByteStream::with(Inner::Mem(b, Some(splice))),
+    )
 }
 
 enum Inner {
-    Mem(DuplexStream),
+    /// One end of a `byte_pipe`, with what it shares with the other end.
+    Mem(DuplexStream, Option<Arc<Splice>>),
     Net(NetBytes),
+    /// A pipe end whose other end went to a peer: it now uses that network stream itself,
+    /// after reading what the other end had written to it before it left.
+    Spliced(Option<DuplexStream>, NetBytes),
+    /// Only while switching variants.
+    Failed,
+}
+
+/// How one end of a `byte_pipe` takes over the network stream when the other end is sent to
+/// a peer, so bytes go straight between the stream and the kept end, with no relay task.
+///
+/// The exporting side moves what the kept end had written into the pipe to the network
+/// first; meanwhile the kept end's writes wait. Then it hands the stream over and closes its
+/// pipe end, which wakes the kept end.
+#[derive(Default)]
+struct Splice {
+    state: Mutex<SpliceState>,
+}
+
+#[derive(Default)]
+struct SpliceState {
+    /// One end was sent and hands its stream over; the other end, if sent too, relays.
+    claimed: bool,
+    moving: bool,
+    waiting: Vec<std::task::Waker>,
+    handover: Option<RawStream>,
 }
 
 struct NetBytes {
@@ -64,8 +94,37 @@ impl ByteStream {
     }
 
     fn inner(&mut self) -> io::Result<&mut Inner> {
-        slot_mut(&mut self.slot).ok_or_else(|| io::Error::other("byte stream was sent away"))
+        let inner = slot_mut(&mut self.slot)
+            .ok_or_else(|| io::Error::other("byte stream was sent away"))?;
+        let handover = match inner {
+            Inner::Mem(_, Some(splice)) => lock(&splice.state).handover.take(),
+            _ => None,
+        };
+        if let Some(stream) = handover {
+            if let Inner::Mem(pipe, _) = std::mem::replace(inner, Inner::Failed) {
+                *inner = Inner::Spliced(Some(pipe), NetBytes::new(NetState::Ready(stream)));
+            }
+        }
+        Ok(inner)
     }
+}
+
+/// Polls a write-side operation of a pipe end: waits while its other end moves bytes to the
+/// network, and runs under the splice lock so that move sees every byte written before it.
+fn poll_pipe_write<R>(
+    pipe: &mut DuplexStream,
+    splice: Option<&Arc<Splice>>,
+    cx: &mut Context<'_>,
+    op: impl FnOnce(Pin<&mut DuplexStream>, &mut Context<'_>) -> Poll<io::Result<R>>,
+) -> Poll<io::Result<R>> {
+    let Some(splice) = splice else { return op(Pin::new(pipe), cx) };
+    let mut state = lock(&splice.state);
+    if state.moving || state.handover.is_some() {
+        // The handover wakes us; `inner` then switches to the network stream.
+        state.waiting.push(cx.waker().clone());
+        return Poll::Pending;
+    }
+    op(Pin::new(pipe), cx)
 }
 
 impl NetBytes {
@@ -115,8 +174,21 @@ impl AsyncRead for ByteStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut().inner()? {
-            Inner::Mem(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Mem(s, _) => Pin::new(s).poll_read(cx, buf),
             Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.read).poll_read(cx, buf),
+            Inner::Spliced(leftover, n) => {
+                if let Some(pipe) = leftover {
+                    // The other end is closed: this ends, after its bytes, without waiting.
+                    let before = buf.filled().len();
+                    ready!(Pin::new(pipe).poll_read(cx, buf))?;
+                    if buf.filled().len() > before {
+                        return Poll::Ready(Ok(()));
+                    }
+                    *leftover = None;
+                }
+                Pin::new(&mut ready!(n.poll_stream(cx))?.read).poll_read(cx, buf)
+            }
+            Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
     }
 }
@@ -128,22 +200,37 @@ impl AsyncWrite for ByteStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut().inner()? {
-            Inner::Mem(s) => Pin::new(s).poll_write(cx, buf),
-            Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_write(cx, buf),
+            Inner::Mem(s, splice) => {
+                poll_pipe_write(s, splice.as_ref(), cx, |s, cx| s.poll_write(cx, buf))
+            }
+            Inner::Net(n) | Inner::Spliced(_, n) => {
+                Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_write(cx, buf)
+            }
+            Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().inner()? {
-            Inner::Mem(s) => Pin::new(s).poll_flush(cx),
-            Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_flush(cx),
+            Inner::Mem(s, splice) => {
+                poll_pipe_write(s, splice.as_ref(), cx, |s, cx| s.poll_flush(cx))
+            }
+            Inner::Net(n) | Inner::Spliced(_, n) => {
+                Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_flush(cx)
+            }
+            Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().inner()? {
-            Inner::Mem(s) => Pin::new(s).poll_shutdown(cx),
-            Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_shutdown(cx),
+            Inner::Mem(s, splice) => {
+                poll_pipe_write(s, splice.as_ref(), cx, |s, cx| s.poll_shutdown(cx))
+            }
+            Inner::Net(n) | Inner::Spliced(_, n) => {
+                Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_shutdown(cx)
+            }
+            Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
     }
 }
@@ -161,7 +248,6 @@ impl Serialize for ByteStream {
             Box::pin(async move {
                 let Some(inner) = lock(&slot).take() else { return };
                 drop(slot);
-                let mut local = ByteStream::with(inner);
                 // The opener reads the acceptor's ACCEPT before the raw bytes that follow it.
                 match read_control(&mut stream.read, session.limits.max_control_len).await {
                     Ok((FrameType::Accept, payload)) => match Accept::decode(&payload) {
@@ -171,6 +257,16 @@ impl Serialize for ByteStream {
                     _ => return,
                 }
                 drop(session);
+                let (inner, stream) = match inner {
+                    Inner::Mem(pipe, Some(splice)) => match hand_over(pipe, splice, stream).await {
+                        // The kept end is gone or was sent too: relay. In the second case the
+                        // relay's pipe end takes over the other stream when it is handed over.
+                        Some((pipe, splice, stream)) => (Inner::Mem(pipe, Some(splice)), stream),
+                        None => return,
+                    },
+                    inner => (inner, stream),
+                };
+                let mut local = ByteStream::with(inner);
                 let mut remote =
                     ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
                 let _ = tokio::io::copy_bidirectional_with_sizes(
@@ -195,6 +291,56 @@ impl<'de> Deserialize<'de> for ByteStream {
             .map_err(D::Error::custom)?;
         Ok(Self::from_pending(pending))
     }
+}
+
+/// Gives `stream` to the kept end of the pipe whose other end, `pipe`, was sent: first moves
+/// the bytes the kept end wrote into the pipe (and its end of stream, if it shut down) to the
+/// network. Returns everything back when there is no kept end to hand over to: it is gone, or
+/// it was sent to a peer as well and the other end's stream was handed to it.
+async fn hand_over(
+    mut pipe: DuplexStream,
+    splice: Arc<Splice>,
+    mut stream: RawStream,
+) -> Option<(DuplexStream, Arc<Splice>, RawStream)> {
+    let mut moved = Vec::new();
+    let mut ended = false;
+    {
+        let mut state = lock(&splice.state);
+        if state.claimed || Arc::strong_count(&splice) == 1 {
+            return Some((pipe, splice.clone(), stream));
+        }
+        state.claimed = true;
+        state.moving = true;
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut pipe).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Ok(())) => moved.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+    }
+    let mut failed = stream.write.write_all(&moved).await.is_err();
+    if ended && !failed {
+        failed = stream.write.shutdown().await.is_err();
+    }
+    let mut state = lock(&splice.state);
+    state.moving = false;
+    if !failed {
+        state.handover = Some(stream);
+    }
+    for waker in state.waiting.drain(..) {
+        waker.wake();
+    }
+    drop(state);
+    // Closing our end lets the kept end read what was written to us before, then switch.
+    drop(pipe);
+    None
 }
 
 const PIPE_BUFFER: usize = 256 * 1024;

@@ -310,6 +310,52 @@ async fn byte_stream_100_mib(t: Transport) {
     assert_eq!(digest, writer.await.unwrap(), "checksums differ");
 }
 
+/// The ends of a byte pipe, sent at every moment of their life: bytes written before the send
+/// come first, an end of stream before the send arrives, an end dropped before the send still
+/// delivers, and two ends both sent stay connected through the sessions.
+async fn byte_pipe_ends_sent(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<ByteStream>().await;
+    let read_all = |mut stream: ByteStream| async move {
+        let mut got = Vec::new();
+        within("read to the end", stream.read_to_end(&mut got)).await.unwrap();
+        got
+    };
+
+    // Written and shut down before the send; the sent end also holds bytes for the kept one.
+    let (mut kept, mut sent) = byte_pipe();
+    kept.write_all(b"before the send").await.unwrap();
+    kept.shutdown().await.unwrap();
+    sent.write_all(b"left behind ").await.unwrap();
+    tx.send(sent).await.unwrap();
+    let mut far = within("first stream", rx.recv()).await.unwrap().unwrap();
+    far.write_all(b"from the peer").await.unwrap();
+    far.shutdown().await.unwrap();
+    assert_eq!(read_all(far).await, b"before the send");
+    assert_eq!(read_all(kept).await, b"left behind from the peer");
+
+    // The kept end is dropped right after writing.
+    let (mut kept, sent) = byte_pipe();
+    kept.write_all(b"and gone").await.unwrap();
+    drop(kept);
+    tx.send(sent).await.unwrap();
+    let far = within("second stream", rx.recv()).await.unwrap().unwrap();
+    assert_eq!(read_all(far).await, b"and gone");
+
+    // Both ends sent: the two far ends talk to each other.
+    let (one, other) = byte_pipe();
+    tx.send(one).await.unwrap();
+    tx.send(other).await.unwrap();
+    let mut first = within("third stream", rx.recv()).await.unwrap().unwrap();
+    let mut second = within("fourth stream", rx.recv()).await.unwrap().unwrap();
+    first.write_all(b"ping").await.unwrap();
+    first.shutdown().await.unwrap();
+    second.write_all(b"pong").await.unwrap();
+    second.shutdown().await.unwrap();
+    assert_eq!(read_all(second).await, b"ping");
+    assert_eq!(read_all(first).await, b"pong");
+}
+
 async fn thousand_channels(t: Transport) {
     let pair = Pair::new(t).await;
     let mut tasks = Vec::new();
@@ -484,6 +530,8 @@ macro_rules! conformance {
             async fn request_response() { super::request_response(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_stream_100_mib() { super::byte_stream_100_mib(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_pipe_ends_sent() { super::byte_pipe_ends_sent(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn thousand_channels() { super::thousand_channels(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
