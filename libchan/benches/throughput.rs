@@ -1,7 +1,8 @@
 //! libchan against its raw transport, in one run per transport, printing the ratios:
 //! yamux over TCP loopback against a raw yamux stream, `tls://` against a raw rustls stream,
 //! `quic://` against a raw quinn stream. `cargo bench -p libchan`; `-- --quick` for a short
-//! run; `-- tcp`, `-- tls` or `-- quic` for one transport.
+//! run; `-- tcp`, `-- tls` or `-- quic` for one transport; `-- oneway`, `-- rr`, `-- bulk` or
+//! `-- opens` for some rows.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -90,34 +91,43 @@ fn main() {
         })
         .collect();
     let nets = if only.is_empty() { vec![Net::Tcp, Net::Tls, Net::Quic] } else { only };
+    let rows: Vec<&str> = ["oneway", "rr", "bulk", "opens"]
+        .into_iter()
+        .filter(|row| args.iter().any(|a| a == row))
+        .collect();
+    let rows = if rows.is_empty() { vec!["oneway", "rr", "bulk", "opens"] } else { rows };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     for net in nets {
-        runtime.block_on(run(net, &scale));
+        runtime.block_on(run(net, &scale, &rows));
     }
 }
 
-async fn run(net: Net, scale: &Scale) {
+async fn run(net: Net, scale: &Scale, only: &[&str]) {
     let mut rows = Vec::new();
-    let raw = one_way_raw(net, scale.messages).await;
-    let chan = one_way_libchan(net, scale.messages).await;
-    rows.push(("64 B one-way messages/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
-
-    let (raw50, raw99) = ping_pong_raw(net, scale.round_trips).await;
-    let (chan50, chan99) = request_response_libchan(net, scale.round_trips).await;
-    rows.push(("request/response p50 (us)", fmt_us(raw50), fmt_us(chan50), chan50 / raw50));
-    rows.push(("request/response p99 (us)", fmt_us(raw99), fmt_us(chan99), chan99 / raw99));
-
-    let raw = bulk_raw(net, scale.bulk).await;
-    let chan = bulk_libchan(net, scale.bulk).await;
-    rows.push((
-        "byte stream bulk (GB/s)",
-        format!("{:.2}", raw / 1e9),
-        format!("{:.2}", chan / 1e9),
-        chan / raw,
-    ));
-
-    if net == Net::Tcp {
+    if only.contains(&"oneway") {
+        let raw = one_way_raw(net, scale.messages).await;
+        let chan = one_way_libchan(net, scale.messages).await;
+        rows.push(("64 B one-way messages/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
+    }
+    if only.contains(&"rr") {
+        let (raw50, raw99) = ping_pong_raw(net, scale.round_trips).await;
+        let (chan50, chan99) = request_response_libchan(net, scale.round_trips).await;
+        rows.push(("request/response p50 (us)", fmt_us(raw50), fmt_us(chan50), chan50 / raw50));
+        rows.push(("request/response p99 (us)", fmt_us(raw99), fmt_us(chan99), chan99 / raw99));
+    }
+    if only.contains(&"bulk") {
+        let raw = bulk_raw(net, scale.bulk).await;
+        let chan = bulk_libchan(net, scale.bulk).await;
+        rows.push((
+            "byte stream bulk (GB/s)",
+            format!("{:.2}", raw / 1e9),
+            format!("{:.2}", chan / 1e9),
+            chan / raw,
+        ));
+    }
+    if !only.contains(&"opens") {
+    } else if net == Net::Tcp {
         let raw = opens_raw(scale.opens).await;
         let chan = opens_libchan(scale.opens).await;
         rows.push(("channel opens/s", fmt_rate(raw), fmt_rate(chan), chan / raw));
