@@ -117,6 +117,13 @@ impl<T: Message> Sender<T> {
         expect_accept: bool,
     ) -> Self {
         let (status, _) = watch::channel(Status::default());
+        // A stream that is already here takes writes from the first send on.
+        let (write, stream) = match stream {
+            PendingStream::Ready(RawStream { read, write, permit }) => {
+                (Some(write), Arriving::Here(read, permit))
+            }
+            waiting @ PendingStream::Waiting(_) => (None, Arriving::Later(waiting)),
+        };
         let shared = Arc::new(SendShared {
             session,
             ref_id,
@@ -124,9 +131,9 @@ impl<T: Message> Sender<T> {
                 buf: BytesMut::new(),
                 closed: false,
                 finish: None,
-                inline: false,
+                inline: write.is_some(),
             }),
-            writer: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(write),
             wake: Notify::new(),
             space: Notify::new(),
             status,
@@ -427,18 +434,22 @@ fn encode_into<T: Serialize>(
 
 /// Writes a session sender's buffer to its stream, coalescing whatever was queued meanwhile
 /// into one write, and watches the other direction for ACCEPT and RECV_CLOSED.
-async fn write_loop(shared: Arc<SendShared>, stream: PendingStream, expect_accept: bool) {
-    let stream = match stream.resolve().await {
-        Ok(stream) => stream,
-        Err(reason) => {
-            tracing::debug!(%reason, "channel stream never arrived");
-            shared.mark_closed();
-            shared.status.send_modify(|s| s.finished = true);
-            return;
-        }
+async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bool) {
+    let (read, _permit) = match stream {
+        Arriving::Here(read, permit) => (read, permit),
+        Arriving::Later(pending) => match pending.resolve().await {
+            Ok(RawStream { read, write, permit }) => {
+                *shared.writer.lock().await = Some(write);
+                (read, permit)
+            }
+            Err(reason) => {
+                tracing::debug!(%reason, "channel stream never arrived");
+                shared.mark_closed();
+                shared.status.send_modify(|s| s.finished = true);
+                return;
+            }
+        },
     };
-    let RawStream { read, write, permit: _permit } = stream;
-    *shared.writer.lock().await = Some(write);
     let mut control = Control {
         reader: FrameReader::new(read, shared.session.decoder()),
         open: true,
@@ -489,6 +500,12 @@ async fn write_loop(shared: Arc<SendShared>, stream: PendingStream, expect_accep
     }
     let _ = write.shutdown().await;
     shared.status.send_modify(|s| s.finished = true);
+}
+
+/// A sender's stream: here (its write half already with the sender), or still to come.
+enum Arriving {
+    Here(BoxRead, Option<tokio::sync::OwnedSemaphorePermit>),
+    Later(PendingStream),
 }
 
 struct Control {

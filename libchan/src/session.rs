@@ -396,20 +396,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Takes each peer-opened stream through its OPEN frame, in a task per stream so a peer that
-/// never writes holds up nothing but its own stream (and only until `open_timeout`).
+/// Takes each peer-opened stream through its OPEN frame. Streams are served side by side
+/// in this one task, so a peer that never writes holds up nothing but its own stream (and
+/// only until `open_timeout`), and a stream whose OPEN is already here is routed without a
+/// task switch.
 async fn serve_inbound(
     session: Weak<SessionInner>,
     mut inbound: mpsc::Receiver<RawStream>,
     accept_tx: mpsc::Sender<(Open, RawStream)>,
     per_side: usize,
 ) {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let permits = Arc::new(Semaphore::new(per_side));
-    while let Some(mut stream) = inbound.recv().await {
+    let mut opening = FuturesUnordered::new();
+    loop {
+        let mut stream = tokio::select! {
+            biased;
+            Some(()) = opening.next(), if !opening.is_empty() => continue,
+            stream = inbound.recv() => match stream {
+                Some(stream) => stream,
+                None => return,
+            },
+        };
         let Some(inner) = session.upgrade() else { return };
         let accept_tx = accept_tx.clone();
         let permit = permits.clone().try_acquire_owned();
-        tokio::spawn(async move {
+        opening.push(async move {
             let limits = &inner.limits;
             let first = tokio::time::timeout(
                 limits.open_timeout,
@@ -459,7 +471,7 @@ async fn route(
     match open.kind {
         Kind::Control => {
             let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
-            watch_control(inner, stream).await;
+            tokio::spawn(watch_control(inner, stream));
         }
         _ if open.parent == 0 => {
             if open.kind != Kind::Channel || open.direction != Direction::OpenerSends {
