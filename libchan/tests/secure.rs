@@ -277,3 +277,34 @@ async fn peer_names_come_from_certificates() {
         assert_eq!(server.peer_name(), Some("client"), "{scheme}");
     }
 }
+
+#[tokio::test]
+async fn stalled_quic_handshake_is_dropped_after_the_timeout() {
+    capture_logs();
+    let mut limits = Limits::default();
+    limits.handshake_timeout = Duration::from_millis(500);
+    let listener = serve("quic", limits).await;
+    let server_addr = listener.local_url().trim_start_matches("quic://").to_string();
+
+    // A real client's first flight, caught by a socket that never answers...
+    let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let catcher_url = format!("quic://{}", catcher.local_addr().unwrap());
+    let dial = tokio::spawn(async move {
+        let mut limits = Limits::default();
+        limits.handshake_timeout = Duration::from_secs(2);
+        libchan::connect_secure(&catcher_url, limits, &swarm().client).await
+    });
+    let mut initial = vec![0u8; 2048];
+    let (len, _) = within("client initial", catcher.recv_from(&mut initial)).await.unwrap();
+    initial.truncate(len);
+    // ...is replayed to the listener from a socket that then goes silent.
+    let staller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    staller.send_to(&initial, &server_addr).await.unwrap();
+    let mut reply = [0u8; 2048];
+    within("server's first flight", staller.recv_from(&mut reply)).await.unwrap();
+    let stalled = staller.local_addr().unwrap().to_string();
+
+    still_serves(&listener).await;
+    logged(&[&stalled, "handshake timed out"]).await;
+    assert!(within("dial to a silent socket", dial).await.unwrap().is_err());
+}
