@@ -13,6 +13,7 @@ use crate::chan::{Receiver, Sender};
 use crate::context::Export;
 use crate::framed::{read_control, write_frame, FrameReader, ReadError};
 use crate::proto::{Accept, CloseErr, Code, Direction, FrameDecoder, FrameType, Kind, Open};
+use crate::transport::BoxWrite;
 use crate::transport::{Mux, RawStream};
 use crate::{Limits, Message, OpenError};
 
@@ -51,6 +52,8 @@ pub(crate) struct SessionInner {
     next_ref: AtomicU64,
     outbound: Arc<Semaphore>,
     rendezvous: Mutex<Rendezvous>,
+    /// This side's control stream, once open: heartbeats, then the closing CLOSE_ERR.
+    control: tokio::sync::Mutex<Option<BoxWrite>>,
     closed: watch::Sender<Option<String>>,
     peer: String,
     peer_name: Option<String>,
@@ -81,6 +84,7 @@ impl Session {
             next_ref: AtomicU64::new(1),
             outbound: Arc::new(Semaphore::new(per_side)),
             rendezvous: Mutex::new(Rendezvous::default()),
+            control: tokio::sync::Mutex::new(None),
             closed,
             peer: peer.addr,
             peer_name: peer.name,
@@ -222,18 +226,15 @@ impl SessionInner {
             return;
         }
         let close = CloseErr { code, message: reason.to_string() };
-        if let Ok(mut stream) = self.mux.open().await {
-            let open = Open {
-                kind: Kind::Control,
-                ref_id: 0,
-                parent: 0,
-                direction: Direction::OpenerSends,
-                content_type: None,
-            };
-            let _ = write_frame(&mut stream.write, FrameType::Open, &open.encode()).await;
-            let _ = write_frame(&mut stream.write, FrameType::CloseErr, &close.encode()).await;
-            let _ = stream.write.shutdown().await;
-        }
+        // On the control stream the heartbeats go on (a session closing this early, before it
+        // is open, closes without telling; QUIC still carries the code).
+        let control = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            if let Some(write) = self.control.lock().await.as_mut() {
+                let _ = write_frame(write, FrameType::CloseErr, &close.encode()).await;
+                let _ = write.shutdown().await;
+            }
+        });
+        let _ = control.await;
         self.mux.close(code, reason);
         self.mark_closed(format!("closed locally with {code}: {reason}"));
     }
@@ -550,7 +551,6 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
 async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {
     let interval = inner.limits.heartbeat_interval;
     let opened = inner.mux.open().await;
-    drop(inner);
     let Ok(mut stream) = opened else { return };
     let open = Open {
         kind: Kind::Control,
@@ -562,13 +562,19 @@ async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {
     if write_frame(&mut stream.write, FrameType::Open, &open.encode()).await.is_err() {
         return;
     }
+    // The read half carries only the peer's ACCEPT; keep it so the stream stays open.
+    let _read = stream.read;
+    *inner.control.lock().await = Some(stream.write);
+    drop(inner);
     loop {
         tokio::time::sleep(interval).await;
-        match weak.upgrade() {
-            Some(inner) if !inner.is_closed() => {}
+        let inner = match weak.upgrade() {
+            Some(inner) if !inner.is_closed() => inner,
             _ => return,
-        }
-        if write_frame(&mut stream.write, FrameType::Ping, &[]).await.is_err() {
+        };
+        let mut control = inner.control.lock().await;
+        let Some(write) = control.as_mut() else { return };
+        if write_frame(write, FrameType::Ping, &[]).await.is_err() {
             return;
         }
     }
@@ -604,3 +610,6 @@ async fn expire_pending(session: Weak<SessionInner>) {
         }
     }
 }
+
+/// How long a closing session waits to write its CLOSE_ERR.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
