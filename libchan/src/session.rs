@@ -1,11 +1,14 @@
 //! A session: channels and byte streams multiplexed over one connection.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
@@ -13,8 +16,7 @@ use crate::chan::{Receiver, Sender};
 use crate::context::Export;
 use crate::framed::{read_control, write_frame, FrameReader, ReadError};
 use crate::proto::{Accept, CloseErr, Code, Direction, FrameDecoder, FrameType, Kind, Open};
-use crate::transport::BoxWrite;
-use crate::transport::{Mux, RawStream};
+use crate::transport::{BoxWrite, Mux, RawStream};
 use crate::{Limits, Message, OpenError};
 
 /// A libchan session over one connection. Either side opens top-level channels with
@@ -261,8 +263,22 @@ impl SessionInner {
         }
         for (export, permit) in exports.into_iter().zip(permits) {
             let session = self.clone();
+            let mut open = BytesMut::new();
+            crate::proto::frame::encode(FrameType::Open, &export.open.encode(), &mut open);
+            // Where the transport opens streams without waiting (QUIC), the OPEN goes out
+            // now, ahead of the message naming it, and the peer pairs them sooner.
+            let mut opened = self.mux.try_open().and_then(Result::ok);
+            if let Some(stream) = opened.as_mut() {
+                let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+                if let Poll::Ready(Ok(n)) = Pin::new(&mut stream.write).poll_write(&mut cx, &open) {
+                    open.advance(n);
+                }
+            }
             tokio::spawn(async move {
-                let opened = session.mux.open().await;
+                let opened = match opened {
+                    Some(stream) => Ok(stream),
+                    None => session.mux.open().await,
+                };
                 let mut stream = match opened {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -271,8 +287,7 @@ impl SessionInner {
                     }
                 };
                 stream.permit = Some(permit);
-                let open = export.open.encode();
-                if write_frame(&mut stream.write, FrameType::Open, &open).await.is_err() {
+                if stream.write.write_all(&open).await.is_err() {
                     return;
                 }
                 (export.start)(session, export.open.ref_id, stream).await;

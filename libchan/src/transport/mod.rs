@@ -34,6 +34,10 @@ pub(crate) struct RawStream {
 pub(crate) trait Mux: Send + Sync + 'static {
     /// Opens an outbound stream. The peer sees it once its first bytes arrive.
     fn open(&self) -> BoxFuture<'static, io::Result<RawStream>>;
+    /// Opens an outbound stream if that needs no waiting; `None` otherwise.
+    fn try_open(&self) -> Option<io::Result<RawStream>> {
+        None
+    }
     /// Starts closing the connection; streams fail afterwards. Transports that can carry a
     /// close code and reason themselves (QUIC) send them.
     fn close(&self, code: crate::proto::Code, reason: &str);

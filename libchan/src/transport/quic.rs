@@ -38,6 +38,12 @@ impl Mux for QuicMux {
         })
     }
 
+    fn try_open(&self) -> Option<io::Result<RawStream>> {
+        use futures::FutureExt;
+        let (send, recv) = self.conn.open_bi().now_or_never()?.ok()?;
+        Some(Ok(RawStream::quic(send, recv)))
+    }
+
     fn close(&self, code: Code, reason: &str) {
         let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
         self.conn.close(VarInt::from_u32(code.to_u32()), reason);
