@@ -145,10 +145,18 @@ pub fn info(from_backend: Value, containers: Option<usize>) -> Value {
 pub fn summary(inspect: &Value, now: OffsetDateTime) -> Value {
     let state = &inspect["State"];
     let config = &inspect["Config"];
-    let command: Vec<&str> = std::iter::once(&inspect["Path"])
-        .chain(inspect["Args"].as_array().into_iter().flatten())
-        .filter_map(Value::as_str)
-        .collect();
+    // As the daemon writes it: arguments with a space in single quotes.
+    let command: Vec<String> =
+        std::iter::once(inspect["Path"].as_str().unwrap_or_default().to_owned())
+            .chain(
+                inspect["Args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(|arg| if arg.contains(' ') { format!("'{arg}'") } else { arg.to_owned() }),
+            )
+            .collect();
     let created = inspect["Created"].as_str().and_then(parse_time);
     let network_mode = inspect["HostConfig"]["NetworkMode"].as_str().unwrap_or("default");
     json!({
