@@ -1,6 +1,6 @@
 //! `dockerclient`: a backend that turns verbs into Docker Engine API calls on a real daemon.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -67,8 +67,8 @@ struct Host {
 }
 
 impl Host {
-    fn object(self: &Arc<Self>, id: String) -> Sender<Message> {
-        let container = Arc::new(Container { host: self.clone(), id });
+    fn object(self: &Arc<Self>, address: String) -> Sender<Message> {
+        let container = Arc::new(Container { host: self.clone(), address: Mutex::new(address) });
         Server::with_state(format!("{} container", self.label), container)
             .on(Verb::Get, inspect)
             .on(Verb::Start, start)
@@ -80,14 +80,17 @@ impl Host {
     }
 }
 
+/// A container, addressed as it was asked for (so the daemon's messages name it as the user
+/// did), or by id once created; a rename changes the address.
 struct Container {
     host: Arc<Host>,
-    id: String,
+    address: Mutex<String>,
 }
 
 impl Container {
     fn path(&self, action: &str) -> String {
-        format!("/containers/{}{action}", api::percent_encode(&self.id))
+        let address = self.address.lock().unwrap_or_else(PoisonError::into_inner);
+        format!("/containers/{}{action}", api::percent_encode(&address))
     }
 
     fn daemon(&self) -> &Daemon {
@@ -149,7 +152,7 @@ async fn attach(host: Arc<Host>, request: Message) -> HandlerResult {
     let path = format!("/containers/{}/json", api::percent_encode(name));
     let inspect = host.daemon.json(Method::GET, &path, None).await?;
     let id = inspect["Id"].as_str().unwrap_or(name).to_owned();
-    request.reply(Message::ack().with_args([id.clone()]).with_ret(host.object(id))).await?;
+    request.reply(Message::ack().with_args([id]).with_ret(host.object(name.to_owned()))).await?;
     Ok(())
 }
 
@@ -231,6 +234,9 @@ async fn set(container: Arc<Container>, request: Message) -> HandlerResult {
         other => return Err(HandlerError::new(format!("not implemented: Set({other})"))),
     };
     let (status, _) = container.daemon().call(Method::POST, &path, None).await?;
+    if arg(0) == "name" {
+        *container.address.lock().unwrap_or_else(PoisonError::into_inner) = arg(1).to_owned();
+    }
     request.reply(acked(status)).await?;
     Ok(())
 }

@@ -1,0 +1,156 @@
+//! The real `docker` CLI against `dockerserver` + `dockerclient` on a private dockerd, compared
+//! with the same commands sent straight to the daemon.
+//!
+//! Needs root, `dockerd` (Debian's docker.io) and `busybox` (busybox-static); skips without
+//! them unless `SWARM_REQUIRE_REAL=1`.
+
+mod support;
+
+use support::dockerd::Dockerd;
+use support::{docker, Front, Run};
+
+/// One CLI step: arguments and stdin.
+type Step = (&'static [&'static str], Option<&'static [u8]>);
+
+const SCENARIO: &[Step] = &[
+    (&["run", "--rm", "--network", "none", "bb", "echo", "hi"], None),
+    (
+        &[
+            "run",
+            "--name",
+            "r1",
+            "--network",
+            "none",
+            "bb",
+            "sh",
+            "-c",
+            "echo err >&2; sleep 0.2; echo out; exit 3",
+        ],
+        None,
+    ),
+    (&["logs", "r1"], None),
+    (&["logs", "--tail", "1", "r1"], None),
+    (&["run", "-i", "--rm", "--network", "none", "bb", "cat"], Some(b"hello\nworld\n")),
+    (&["run", "-t", "--rm", "--network", "none", "bb", "echo", "tty"], None),
+    (&["create", "--name", "c1", "--network", "none", "bb", "sleep", "30"], None),
+    (&["start", "c1"], None),
+    (&["start", "c1"], None),
+    (&["ps", "--format", "{{.Names}} {{.Image}} {{.Command}} {{.State}}"], None),
+    (
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "status=exited",
+            "--format",
+            "{{.Names}} {{.Command}} {{.State}}",
+        ],
+        None,
+    ),
+    (&["ps", "-a", "--filter", "name=c1", "-q"], None),
+    (
+        &[
+            "inspect",
+            "--format",
+            "{{.Name}} {{.State.Status}} {{.Config.Tty}} {{.Path}} {{.Args}}",
+            "c1",
+        ],
+        None,
+    ),
+    (&["top", "c1", "-o", "args"], None),
+    (&["pause", "c1"], None),
+    (&["inspect", "--format", "{{.State.Status}}", "c1"], None),
+    (&["pause", "c1"], None),
+    (&["unpause", "c1"], None),
+    (&["unpause", "c1"], None),
+    (&["rename", "c1", "c2"], None),
+    (&["kill", "c2"], None),
+    (&["wait", "c2"], None),
+    (&["kill", "c2"], None),
+    (&["restart", "-t", "1", "c2"], None),
+    (&["inspect", "--format", "{{.State.Status}}", "c2"], None),
+    (&["rm", "c2"], None),
+    (&["stop", "-t", "1", "c2"], None),
+    (&["stop", "-t", "1", "c2"], None),
+    (&["rm", "c2", "r1"], None),
+    (&["run", "--rm", "--network", "none", "bb", "/nonexistent"], None),
+    (&["create", "--name", "r1", "--network", "none", "bb"], None),
+    (&["create", "--name", "r1", "--network", "none", "bb"], None),
+    (&["rm", "r1"], None),
+    (&["inspect", "nosuch"], None),
+    (&["logs", "nosuch"], None),
+    (
+        &[
+            "run",
+            "-d",
+            "--name",
+            "f1",
+            "--network",
+            "none",
+            "bb",
+            "sh",
+            "-c",
+            "echo a; sleep 1; echo b",
+        ],
+        None,
+    ),
+    (&["logs", "-f", "f1"], None),
+    (
+        &[
+            "run",
+            "-d",
+            "--name",
+            "a1",
+            "--network",
+            "none",
+            "bb",
+            "sh",
+            "-c",
+            "sleep 2; echo late; exit 4",
+        ],
+        None,
+    ),
+    (&["attach", "a1"], None),
+    (&["rm", "-f", "f1", "a1"], None),
+    (&["ps", "-a", "-q"], None),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerclient_gives_the_daemons_answers() {
+    let Some(daemon) = Dockerd::start().await else { return };
+    let direct = transcript(&daemon.host).await;
+    let front = Front::start(&[&format!("dockerclient {}", daemon.host)]).await;
+    let through = transcript(&front.host).await;
+    let differences: Vec<String> = direct
+        .iter()
+        .zip(&through)
+        .filter(|(direct, through)| direct != through)
+        .map(|(direct, through)| format!("daemon:\n{direct}\nthrough the pipeline:\n{through}\n"))
+        .collect();
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    front.shutdown().await;
+}
+
+async fn transcript(host: &str) -> Vec<String> {
+    let mut lines = Vec::with_capacity(SCENARIO.len());
+    for (args, stdin) in SCENARIO {
+        let Run { code, stdout, stderr } = docker(host, args, *stdin).await;
+        lines.push(normalize(&format!("$ docker {}\n{stdout}{stderr}rc={code}", args.join(" "))));
+    }
+    lines
+}
+
+/// Ids replaced by `<id>`, so runs on different containers compare.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(|c: char| !c.is_ascii_hexdigit()) {
+        let hex = word.trim_end_matches(|c: char| !c.is_ascii_hexdigit());
+        if hex.len() == 64 || hex.len() == 12 {
+            out.push_str("<id>");
+            out.push_str(&word[hex.len()..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
