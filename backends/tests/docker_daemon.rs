@@ -202,3 +202,51 @@ async fn aggregate_over_two_daemons() {
     // Ls and Attach (docs/docker.md, "Aggregate").
     front.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerclient_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::create("docker test CA").unwrap();
+    ca.save(dir.path(), false).unwrap();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    for name in ["daemon", "client"] {
+        ca.issue(name, &[], &[loopback]).unwrap().save(dir.path(), false).unwrap();
+    }
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    // A free loopback port for dockerd (it cannot report the one it bound).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls = vec![
+        "--tlsverify".to_owned(),
+        "--tlscacert".to_owned(),
+        file("ca.crt"),
+        "--tlscert".to_owned(),
+        file("daemon.crt"),
+        "--tlskey".to_owned(),
+        file("daemon.key"),
+        "-H".to_owned(),
+        format!("tcp://127.0.0.1:{port}"),
+    ];
+    let Some(daemon) = Dockerd::start_with(&tls).await else { return };
+    let client = format!(
+        "dockerclient tcp://127.0.0.1:{port} --tlscacert {} --tlscert {} --tlskey {}",
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key")
+    );
+    let front = Front::start(&[&client]).await;
+    let run =
+        front.docker(&["run", "--name", "t1", "--network", "none", "bb", "echo", "tls"]).await;
+    assert_eq!(run.ok(), "tls\n");
+    let listed = daemon.docker(&["ps", "-a", "--format", "{{.Names}}"]).await;
+    assert_eq!(listed.ok(), "t1\n");
+    assert_eq!(front.docker(&["rm", "t1"]).await.ok(), "t1\n");
+
+    // Without a client certificate the daemon refuses the connection.
+    let anonymous = format!("dockerclient tcp://127.0.0.1:{port} --tlscacert {}", file("ca.crt"));
+    let refused = Front::start(&[&anonymous]).await;
+    let failed = refused.docker(&["ps"]).await;
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(failed.stderr.contains(&format!("127.0.0.1:{port}")), "{failed:?}");
+    refused.shutdown().await;
+    front.shutdown().await;
+}

@@ -23,6 +23,11 @@ impl Dockerd {
     /// Starts a daemon and imports `bb`, or returns `None` (after [`skip`]) when this machine
     /// cannot run one (no `dockerd`, no `busybox`, not root).
     pub async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Dockerd::start`], with more `dockerd` arguments (more `-H`, TLS files).
+    pub async fn start_with(extra: &[String]) -> Option<Self> {
         let Some(dockerd) = find(&["/usr/sbin/dockerd", "/usr/bin/dockerd"]) else {
             skip("no dockerd (apt-get install docker.io)");
             return None;
@@ -51,6 +56,7 @@ impl Dockerd {
             .arg(dir.path().join("exec"))
             .arg("--pidfile")
             .arg(dir.path().join("docker.pid"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
