@@ -111,7 +111,13 @@ const SCENARIO: &[Step] = &[
         None,
     ),
     (&["attach", "a1"], None),
-    (&["rm", "-f", "f1", "a1"], None),
+    (&["run", "-d", "--name", "e1", "--network", "none", "bb", "sleep", "60"], None),
+    (&["exec", "e1", "sh", "-c", "echo in e1; exit 5"], None),
+    (&["exec", "-i", "e1", "cat"], Some(b"through exec\n")),
+    (&["exec", "-d", "e1", "true"], None),
+    (&["exec", "-t", "e1", "echo", "tty"], None),
+    (&["exec", "e1", "/nonexistent"], None),
+    (&["rm", "-f", "f1", "a1", "e1"], None),
     (&["ps", "-a", "-q"], None),
 ];
 
@@ -128,6 +134,19 @@ async fn dockerclient_gives_the_daemons_answers() {
         .map(|(direct, through)| format!("daemon:\n{direct}\nthrough the pipeline:\n{through}\n"))
         .collect();
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // The scenario does what it says (not the same failure both ways).
+    let all = through.join("\n");
+    for expected in [
+        "\nhi\nrc=0",
+        "\nhello\nworld\nrc=0",
+        "\nin e1\nrc=5",
+        "\nthrough exec\nrc=0",
+        "\nlate\nrc=4",
+        "\na\nb\nrc=0",
+        "rc=127",
+    ] {
+        assert!(all.contains(expected), "{expected:?} not in {all}");
+    }
     front.shutdown().await;
 }
 

@@ -76,7 +76,30 @@ impl Host {
             .on(Verb::Set, set)
             .on(Verb::Watch, wait)
             .on(Verb::Connect, connect)
+            .on(Verb::Spawn, exec_create)
             .spawn(self.daemon.tasks())
+    }
+
+    fn exec(self: &Arc<Self>, id: String) -> Sender<Message> {
+        let exec = Arc::new(Exec { host: self.clone(), id });
+        Server::with_state(format!("{} exec", self.label), exec)
+            .on(Verb::Get, exec_inspect)
+            .on(Verb::Start, exec_start)
+            .on(Verb::Connect, exec_start)
+            .on(Verb::Set, exec_resize)
+            .spawn(self.daemon.tasks())
+    }
+}
+
+/// An exec instance of a container, by the daemon's id.
+struct Exec {
+    host: Arc<Host>,
+    id: String,
+}
+
+impl Exec {
+    fn path(&self, action: &str) -> String {
+        format!("/exec/{}{action}", api::percent_encode(&self.id))
     }
 }
 
@@ -294,6 +317,53 @@ async fn connect(container: Arc<Container>, request: Message) -> HandlerResult {
         }
         other => Err(HandlerError::new(format!("not implemented: Connect({other})"))),
     }
+}
+
+async fn exec_create(container: Arc<Container>, request: Message) -> HandlerResult {
+    let config = request.arg(0).ok_or_else(|| HandlerError::new("Spawn needs a JSON config"))?;
+    let body = Bytes::copy_from_slice(config.as_bytes());
+    let created =
+        container.daemon().json(Method::POST, &container.path("/exec"), Some(body)).await?;
+    let id = created["Id"].as_str().unwrap_or_default().to_owned();
+    if id.is_empty() {
+        return Err(HandlerError::new("the daemon's exec answer has no Id"));
+    }
+    let exec = container.host.exec(id.clone());
+    request.reply(Message::ack().with_args([id]).with_ret(exec)).await?;
+    Ok(())
+}
+
+async fn exec_inspect(exec: Arc<Exec>, request: Message) -> HandlerResult {
+    let (_, body) = exec.host.daemon.call(Method::GET, &exec.path("/json"), None).await?;
+    request.reply(Message::set([String::from_utf8_lossy(&body).into_owned()])).await?;
+    Ok(())
+}
+
+/// `Start(BODY)` starts detached; `Connect("start", BODY)` starts attached and streams.
+async fn exec_start(exec: Arc<Exec>, request: Message) -> HandlerResult {
+    let daemon = &exec.host.daemon;
+    let attached = request.verb == Verb::Connect;
+    let body = request.args.get(usize::from(attached)).cloned().unwrap_or_else(|| "{}".into());
+    let body = Some(Bytes::from(body));
+    let response = daemon.send(Method::POST, &exec.path("/start"), body, attached).await?;
+    let response = daemon.check(response).await?;
+    if !attached {
+        request.reply(Message::ack()).await?;
+        return Ok(());
+    }
+    let upgraded = hyper::upgrade::on(response).await?;
+    let (ours, theirs) = libchan::byte_pipe();
+    request.reply(Message::ack().with_att(theirs)).await?;
+    stream::bridge(ours, TokioIo::new(upgraded), daemon.tasks().shutdown_token().clone()).await;
+    Ok(())
+}
+
+async fn exec_resize(exec: Arc<Exec>, request: Message) -> HandlerResult {
+    let arg = |index| request.arg(index).unwrap_or_default();
+    let query = encode_query([("h", arg(1)), ("w", arg(2))]);
+    exec.host.daemon.call(Method::POST, &exec.path(&format!("/resize?{query}")), None).await?;
+    request.reply(Message::ack()).await?;
+    Ok(())
 }
 
 /// Answers `request` with `Ack` carrying a byte stream, then copies `body` into it.

@@ -1,5 +1,6 @@
 //! `dockerserver`: a Docker Engine API frontend that turns HTTP requests into verbs.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use libchan::{Receiver, Sender};
 use serde_json::{json, Value};
@@ -72,6 +74,7 @@ impl Backend for DockerServer {
                 tasks: stage.tasks.clone(),
                 stop: stage.tasks.shutdown_token().child_token(),
                 connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                execs: Mutex::new(VecDeque::new()),
             });
             Ok(Server::with_state(stage.name, front)
                 .on(Verb::Start, start_serving)
@@ -93,6 +96,8 @@ struct Frontend {
     /// Fires on `Stop` and at shutdown.
     stop: CancellationToken,
     connections: Arc<Semaphore>,
+    /// Exec instances by id, newest last; at most `MAX_EXECS`.
+    execs: Mutex<VecDeque<(String, Client)>>,
 }
 
 enum Listener {
@@ -279,6 +284,9 @@ async fn route(front: &Arc<Frontend>, request: Request<Incoming>) -> Answer {
             Err(Failure::new(404, format!("No such image: {}", name.join("/"))))
         }
         (&Method::POST, ["images", "create"]) => pull(front, &options).await,
+        (_, ["exec", id, rest @ ..]) => {
+            exec_route(front, &method, id, rest, &options, request).await
+        }
         _ => Err(Failure::new(404, "page not found")),
     }
 }
@@ -347,6 +355,7 @@ async fn container_route(
         (&Method::GET, ["logs"]) => logs(front, id, options).await,
         (&Method::POST, ["wait"]) => wait(front, id, options).await,
         (&Method::POST, ["attach"]) => attach(front, id, options, request).await,
+        (&Method::POST, ["exec"]) => exec_create(front, id, request).await,
         _ => Err(Failure::new(404, "page not found")),
     }
 }
@@ -399,16 +408,7 @@ async fn list(front: &Arc<Frontend>, options: &Options) -> Answer {
 }
 
 async fn create(front: &Arc<Frontend>, options: &Options, request: Request<Incoming>) -> Answer {
-    let body = Limited::new(request.into_body(), MAX_REQUEST_BODY)
-        .collect()
-        .await
-        .map_err(|error| Failure::new(413, format!("request body: {error}")))?
-        .to_bytes();
-    let config: Value = serde_json::from_slice(&body)
-        .map_err(|error| Failure::new(400, format!("invalid JSON: {error}")))?;
-    if !config.is_object() {
-        return Err(Failure::new(400, "invalid JSON: the config is not an object"));
-    }
+    let config = json_body(request).await?;
     let mut args = vec![config.to_string()];
     if let Some(name) = options.get("name").filter(|name| !name.is_empty()) {
         args.push(name.to_owned());
@@ -503,27 +503,42 @@ async fn attach(
     options: &Options,
     mut request: Request<Incoming>,
 ) -> Answer {
+    let on_upgrade = upgrade(&mut request)?;
     let object = container(front, id).await?;
-    let upgrade = request.headers().get(UPGRADE).and_then(|value| value.to_str().ok());
-    if !upgrade.is_some_and(|value| value.eq_ignore_ascii_case("tcp")) {
-        return Err(Failure::new(400, "attach needs a hijacked connection (Upgrade: tcp)"));
-    }
     let mut args = vec!["attach".to_owned()];
     args.extend(options.pairs());
-    // The backend's stream exists before the 101 goes out, so output after a later start
-    // reaches it.
+    hijack(front, &object, args, on_upgrade).await
+}
+
+/// The upgrade of a request that asks for a hijacked connection (`Upgrade: tcp`).
+fn upgrade(request: &mut Request<Incoming>) -> Result<OnUpgrade, Failure> {
+    let upgrade = request.headers().get(UPGRADE).and_then(|value| value.to_str().ok());
+    if !upgrade.is_some_and(|value| value.eq_ignore_ascii_case("tcp")) {
+        return Err(Failure::new(400, "this endpoint needs a hijacked connection (Upgrade: tcp)"));
+    }
+    Ok(hyper::upgrade::on(request))
+}
+
+/// Answers 101 and joins the upgraded connection to the byte stream of `object`'s
+/// `Connect(args)`. The backend's stream exists before the 101 goes out, so output after a
+/// later start reaches it.
+async fn hijack(
+    front: &Arc<Frontend>,
+    object: &Client,
+    args: Vec<String>,
+    on_upgrade: OnUpgrade,
+) -> Answer {
     let att = match object.connect(args).await {
         Ok(att) => Some(att),
         Err(ClientError::Remote { message, .. }) if is_not_implemented(&message) => None,
         Err(error) => return Err(error.into()),
     };
-    let on_upgrade = hyper::upgrade::on(&mut request);
     let shutdown = front.tasks.shutdown_token().clone();
     front.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(error) => {
-                tracing::debug!(%error, "attach upgrade failed");
+                tracing::debug!(%error, "upgrade failed");
                 return;
             }
         };
@@ -542,6 +557,71 @@ async fn attach(
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("tcp"));
     Ok(response)
+}
+
+async fn exec_create(front: &Arc<Frontend>, id: &str, request: Request<Incoming>) -> Answer {
+    let object = container(front, id).await?;
+    let config = json_body(request).await?;
+    let (answer, _) = object.call(Verb::Spawn, [config.to_string()]).await?;
+    let exec_id = answer.arg(0).unwrap_or_default().to_owned();
+    let (false, Some(exec)) = (exec_id.is_empty(), answer.ret) else {
+        return Err(Failure::new(502, "the backend created an exec without an id"));
+    };
+    let mut execs = front.execs.lock().unwrap_or_else(PoisonError::into_inner);
+    if execs.len() == MAX_EXECS {
+        execs.pop_front();
+    }
+    execs.push_back((exec_id.clone(), Client::new(exec).named(format!("exec {exec_id}"))));
+    Ok(json_response(StatusCode::CREATED, &json!({"Id": exec_id})))
+}
+
+async fn exec_route(
+    front: &Arc<Frontend>,
+    method: &Method,
+    id: &str,
+    rest: &[&str],
+    options: &Options,
+    mut request: Request<Incoming>,
+) -> Answer {
+    let exec = {
+        let execs = front.execs.lock().unwrap_or_else(PoisonError::into_inner);
+        execs.iter().find(|(exec_id, _)| exec_id == id).map(|(_, exec)| exec.clone())
+    };
+    let exec = exec.ok_or_else(|| Failure::new(404, format!("No such exec instance: {id}")))?;
+    match (method, rest) {
+        (&Method::GET, ["json"]) => Ok(full(StatusCode::OK, "application/json", exec.get().await?)),
+        (&Method::POST, ["start"]) => {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let body = json_body(request).await?;
+            if body["Detach"] == true {
+                ask(&exec, Verb::Start, &[&body.to_string()]).await?;
+                return Ok(status_only(StatusCode::OK));
+            }
+            hijack(front, &exec, vec!["start".to_owned(), body.to_string()], on_upgrade).await
+        }
+        (&Method::POST, ["resize"]) => {
+            let (h, w) = (options.get("h").unwrap_or("0"), options.get("w").unwrap_or("0"));
+            ask(&exec, Verb::Set, &["size", h, w]).await?;
+            Ok(status_only(StatusCode::OK))
+        }
+        _ => Err(Failure::new(404, "page not found")),
+    }
+}
+
+/// A request's JSON object body, at most `MAX_REQUEST_BODY` bytes.
+async fn json_body(request: Request<Incoming>) -> Result<Value, Failure> {
+    let body = Limited::new(request.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+        .map_err(|error| Failure::new(413, format!("request body: {error}")))?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|error| Failure::new(400, format!("invalid JSON: {error}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(Failure::new(400, "invalid JSON: not an object"))
+    }
 }
 
 async fn pull(front: &Arc<Frontend>, options: &Options) -> Answer {
@@ -733,6 +813,8 @@ fn streamed(
 const MAX_CONNECTIONS: usize = 512;
 /// Largest request body (a create config), in bytes.
 const MAX_REQUEST_BODY: usize = 1 << 20;
+/// Exec instances remembered for `/exec/{id}/...`; the oldest is forgotten first.
+const MAX_EXECS: usize = 256;
 /// Containers inspected at once for `ps`.
 const PARALLEL_INSPECTS: usize = 8;
 /// How often a wait polls a backend that has no `Watch`.
