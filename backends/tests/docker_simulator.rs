@@ -172,3 +172,59 @@ async fn attached_run_lasts_until_the_container_stops() {
     assert_eq!(front.docker(&["ps", "-a", "-q"]).await.ok(), "");
     front.shutdown().await;
 }
+
+/// Sends one raw HTTP/1.1 request and returns the response head and body as text.
+async fn raw(front: &Front, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = front.host.trim_start_matches("tcp://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    // A server that refuses a body early may reset the connection after its answer: what was
+    // read before the reset is what counts.
+    let _ = tokio::time::timeout(support::LIMIT, read).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_statuses_and_json_messages() {
+    let front = Front::start(&["simulator"]).await;
+    let ping = raw(&front, b"HEAD /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(ping.starts_with("HTTP/1.1 200 OK\r\n"), "{ping}");
+    assert!(ping.to_ascii_lowercase().contains("api-version: 1.41\r\n"), "{ping}");
+    assert!(ping.to_ascii_lowercase().contains("ostype: linux\r\n"), "{ping}");
+
+    let cases: [(&[u8], &str, &str); 4] = [
+        (b"GET /v1.41/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "404", "page not found"),
+        (
+            b"POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 8\r\n\r\nnot json",
+            "400",
+            "invalid JSON",
+        ),
+        (
+            b"POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            "400",
+            "Image is required",
+        ),
+        (b"POST /containers/x/wait?condition=soon HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "404", "no such container: x"),
+    ];
+    for (request, status, message) in cases {
+        let response = raw(&front, request).await;
+        assert!(response.starts_with(&format!("HTTP/1.1 {status} ")), "{response}");
+        assert!(response.contains("application/json"), "{response}");
+        assert!(response.contains(message), "{response}");
+    }
+
+    // A body over the 1 MiB limit is refused, not buffered.
+    let big = vec![b' '; (1 << 20) + 10];
+    let mut request = format!(
+        "POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&big);
+    let response = raw(&front, &request).await;
+    assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
+    front.shutdown().await;
+}
