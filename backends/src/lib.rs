@@ -36,12 +36,14 @@ pub mod service;
 
 mod aggregate;
 mod debug;
+mod docker;
 mod exec;
 mod random;
 mod simulator;
 
 pub use aggregate::Aggregate;
 pub use debug::Debug;
+pub use docker::{DockerClient, DockerServer};
 pub use exec::Exec;
 pub use simulator::Simulator;
 
@@ -49,5 +51,11 @@ use service::Registry;
 
 /// A registry of the built-in backends.
 pub fn registry() -> Registry {
-    Registry::new().with(Aggregate).with(Debug).with(Exec).with(Simulator)
+    Registry::new()
+        .with(Aggregate)
+        .with(Debug)
+        .with(DockerClient)
+        .with(DockerServer)
+        .with(Exec)
+        .with(Simulator)
 }
