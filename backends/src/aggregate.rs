@@ -133,19 +133,37 @@ fn parse_args(
     Ok((strategy, specs))
 }
 
+/// Lists the objects of every child that answers; a child that fails is left out (and
+/// logged), so one host down does not hide the others. Fails only if every child fails.
 async fn ls(aggregate: Arc<Children>, request: Message) -> HandlerResult {
-    let names = all_names(&aggregate).await?;
+    let names = reachable_names(&aggregate).await?;
     request.reply(Message::set(names.into_iter().flatten())).await?;
     Ok(())
 }
 
+/// Finds the child that owns `name`. When none has it and a child failed other than with
+/// "no such container/object", the error names that child: the object may be on it.
 async fn attach(aggregate: Arc<Children>, request: Message) -> HandlerResult {
     let name = request.arg(0).unwrap_or_default().to_owned();
     let asked = aggregate.children.iter().map(|child| child.call(Verb::Attach, [name.as_str()]));
-    let answers = join_all(asked).await;
-    let found = answers.into_iter().find_map(Result::ok);
+    let mut unreachable = Vec::new();
+    let mut found = None;
+    for (answer, child) in join_all(asked).await.into_iter().zip(&aggregate.children) {
+        match answer {
+            Ok(answer) if found.is_none() => found = Some(answer),
+            Ok(_) => {}
+            Err(error) if is_not_found(&error.to_string()) => {}
+            Err(error) => unreachable.push(format!("{}: {error}", child.name())),
+        }
+    }
     let Some((answer, rest)) = found else {
-        return Err(HandlerError::new(format!("no such object: {name}")));
+        if unreachable.is_empty() {
+            return Err(HandlerError::new(format!("no such object: {name}")));
+        }
+        let failed = unreachable.join("; ");
+        return Err(HandlerError::new(format!(
+            "{name} is on none of the children that answered; failed: {failed}"
+        )));
     };
     request.reply(answer).await?;
     relay(rest, request.ret).await;
@@ -187,28 +205,56 @@ async fn fan_out(aggregate: Arc<Children>, request: Message) -> HandlerResult {
 }
 
 async fn get(aggregate: Arc<Children>, request: Message) -> HandlerResult {
-    let names = all_names(&aggregate).await?;
+    let names = all_names(&aggregate).await;
     let children: Vec<_> = aggregate
         .children
         .iter()
         .zip(names)
-        .map(|(child, names)| json!({"Spec": child.name(), "Objects": names.len()}))
+        .map(|(child, names)| match names {
+            Ok(names) => json!({"Spec": child.name(), "Objects": names.len()}),
+            Err(error) => json!({"Spec": child.name(), "Error": error}),
+        })
         .collect();
     let state = json!({"Strategy": aggregate.strategy.name(), "Children": children});
     request.reply(Message::set([state.to_string()])).await?;
     Ok(())
 }
 
-/// Each child's `Ls`, in child order.
-async fn all_names(aggregate: &Children) -> Result<Vec<Vec<String>>, HandlerError> {
+/// Whether a child's error says it has no such object (not, say, that a socket file is gone:
+/// "No such file or directory").
+fn is_not_found(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("no such container") || error.contains("no such object")
+}
+
+/// Each child's `Ls`, in child order; a failure names the child.
+async fn all_names(aggregate: &Children) -> Vec<Result<Vec<String>, String>> {
     let answers = join_all(aggregate.children.iter().map(Client::ls)).await;
     answers
         .into_iter()
         .zip(&aggregate.children)
-        .map(|(answer, child)| {
-            answer.map_err(|error| HandlerError::new(format!("{}: {error}", child.name())))
-        })
+        .map(|(answer, child)| answer.map_err(|error| format!("{}: {error}", child.name())))
         .collect()
+}
+
+/// The names of the children that answer, in child order; a warning for each that does not,
+/// and an error if none does.
+async fn reachable_names(aggregate: &Children) -> Result<Vec<Vec<String>>, HandlerError> {
+    let mut names = Vec::new();
+    let mut failed = Vec::new();
+    for answer in all_names(aggregate).await {
+        match answer {
+            Ok(child) => names.push(child),
+            Err(error) => {
+                tracing::warn!(%error, "aggregate child did not answer Ls, left out");
+                failed.push(error);
+            }
+        }
+    }
+    if names.is_empty() && !failed.is_empty() {
+        return Err(HandlerError::new(failed.join("; ")));
+    }
+    Ok(names)
 }
 
 /// The child a new object goes to.
@@ -219,8 +265,12 @@ async fn place(aggregate: &Children) -> Result<usize, HandlerError> {
         // Invariant: at most `count` children, so the remainder fits in usize.
         Strategy::Random => usize::try_from(random_u64() % count as u64).unwrap_or_default(),
         Strategy::Spread | Strategy::Binpack => {
-            let loads = all_names(aggregate).await?;
-            let loads = loads.iter().map(Vec::len).enumerate();
+            // A child that does not answer gets nothing new.
+            let loads = all_names(aggregate).await;
+            let loads = loads
+                .iter()
+                .enumerate()
+                .filter_map(|(index, names)| names.as_ref().ok().map(|names| (index, names.len())));
             let best = if aggregate.strategy == Strategy::Spread {
                 loads.min_by_key(|&(index, load)| (load, index))
             } else {
