@@ -32,22 +32,28 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod service;
 
 mod aggregate;
 mod debug;
 mod exec;
+mod listen;
 mod random;
+mod relay;
+mod remote;
 mod simulator;
 
 pub use aggregate::Aggregate;
 pub use debug::Debug;
 pub use exec::Exec;
+pub use listen::Listen;
+pub use remote::Remote;
 pub use simulator::Simulator;
 
 use service::Registry;
 
 /// A registry of the built-in backends.
 pub fn registry() -> Registry {
-    Registry::new().with(Aggregate).with(Debug).with(Exec).with(Simulator)
+    Registry::new().with(Aggregate).with(Debug).with(Exec).with(Listen).with(Remote).with(Simulator)
 }
