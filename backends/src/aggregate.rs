@@ -143,9 +143,26 @@ async fn attach(aggregate: Arc<Children>, request: Message) -> HandlerResult {
     let name = request.arg(0).unwrap_or_default().to_owned();
     let asked = aggregate.children.iter().map(|child| child.call(Verb::Attach, [name.as_str()]));
     let answers = join_all(asked).await;
-    let found = answers.into_iter().find_map(Result::ok);
+    let mut failures = Vec::new();
+    let mut found = None;
+    for (answer, child) in answers.into_iter().zip(&aggregate.children) {
+        match answer {
+            Ok(answer) => {
+                found = Some(answer);
+                break;
+            }
+            // A child that could not answer may have had it: say so, naming the child.
+            Err(error) if !error.to_string().contains("no such") => {
+                failures.push(format!("{}: {error}", child.name()));
+            }
+            Err(_) => {}
+        }
+    }
     let Some((answer, rest)) = found else {
-        return Err(HandlerError::new(format!("no such object: {name}")));
+        return Err(HandlerError::new(match failures.is_empty() {
+            true => format!("no such object: {name}"),
+            false => format!("no such object: {name} ({})", failures.join("; ")),
+        }));
     };
     request.reply(answer).await?;
     relay(rest, request.ret).await;
