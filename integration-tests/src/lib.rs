@@ -64,6 +64,18 @@ impl Swarm {
         cert.save(self.certs(), true).expect("save certificate");
     }
 
+    /// An in-process node called `name` with a certificate from this swarm.
+    ///
+    /// # Panics
+    /// Issuing or loading fails.
+    pub fn identity(&self, name: &str) -> NodeContext {
+        self.issue(name);
+        let identity = certs::Identity::load(self.certs(), name).expect("identity");
+        let tls = libchan::Tls::new(identity.client_config(), identity.server_config())
+            .with_peer_name(|chain| certs::peer_name(chain).ok());
+        NodeContext::new(name).with_tls(tls)
+    }
+
     /// A node process to configure and start.
     pub fn node(&self, name: &str) -> NodeBuilder<'_> {
         NodeBuilder { swarm: self, name: name.to_owned(), args: Vec::new(), netns: None }
@@ -255,10 +267,18 @@ impl Drop for Node {
 /// # Panics
 /// The stage cannot be spawned.
 pub async fn client(url: &str, timeout: Duration, tasks: &Tasks) -> Client {
+    client_of(NodeContext::new("test-client"), url, timeout, tasks).await
+}
+
+/// [`client`] as `node`, which may have certificates (see [`Swarm::identity`]).
+///
+/// # Panics
+/// The stage cannot be spawned.
+pub async fn client_of(node: NodeContext, url: &str, timeout: Duration, tasks: &Tasks) -> Client {
     let stage = format!("remote {url} --timeout {}", timeout.as_secs_f64());
     let specs = parse_pipeline(&[stage]).expect("spec");
     let (sink, _) = libchan::pipe();
-    let registry = backends::registry().with_node(NodeContext::new("test-client"));
+    let registry = backends::registry().with_node(node);
     let pipeline = Pipeline::spawn(&registry, &specs, sink, tasks).await.expect("client stage");
     pipeline.start(LIMIT).await.expect("client start");
     let head = pipeline.head().expect("one stage").clone();
