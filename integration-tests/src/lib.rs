@@ -143,7 +143,14 @@ impl NodeBuilder<'_> {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let child = command.spawn().expect("start node-under-test");
-        let mut node = Node { child, name: self.name, log, listening: Vec::new(), exited: None };
+        let mut node = Node {
+            child,
+            name: self.name,
+            log,
+            listening: Vec::new(),
+            metrics: None,
+            exited: None,
+        };
         node.wait_ready(&ready);
         node
     }
@@ -156,6 +163,8 @@ pub struct Node {
     log: PathBuf,
     /// The URLs its listen stages bound, from its ready file.
     pub listening: Vec<String>,
+    /// Where it serves metrics, from its ready file.
+    pub metrics: Option<String>,
     exited: Option<ExitStatus>,
 }
 
@@ -169,6 +178,8 @@ impl Node {
                     .filter_map(|line| line.strip_prefix("listening "))
                     .map(str::to_owned)
                     .collect();
+                self.metrics =
+                    text.lines().find_map(|line| line.strip_prefix("metrics ")).map(str::to_owned);
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -236,6 +247,21 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Its metrics page (`GET /metrics`).
+    ///
+    /// # Panics
+    /// It serves no metrics, or the request fails.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let addr = self.metrics.as_deref().expect("the node serves no metrics");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: node\r\n\r\n").expect("request");
+        let mut page = String::new();
+        stream.read_to_string(&mut page).expect("response");
+        page
     }
 
     /// Waits (at most [`LIMIT`]) until its log contains `text`; returns the log.

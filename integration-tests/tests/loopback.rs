@@ -141,6 +141,12 @@ async fn shutdown_is_graceful_and_exits_zero() {
     let tasks = Tasks::new();
     let host = client(a.url(), LIMIT, &tasks).await;
     assert_eq!(host.ls().await.unwrap(), ["b1"]);
+    let page = a.scrape();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    for line in ["swarm_sessions_open 2", "swarm_request_duration_seconds_count 1"] {
+        assert!(page.contains(line), "{line} missing from {page}");
+    }
+    assert!(page.contains("swarm_messages_total{stage=\"remote tls://"), "{page}");
 
     let status = b.terminate();
     assert_eq!(status.code(), Some(0), "{}", b.log());
