@@ -32,19 +32,25 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod service;
 
 mod aggregate;
 mod debug;
 mod docker;
 mod exec;
+mod listen;
 mod random;
+mod relay;
+mod remote;
 mod simulator;
 
 pub use aggregate::Aggregate;
 pub use debug::Debug;
 pub use docker::{DockerClient, DockerServer};
 pub use exec::Exec;
+pub use listen::Listen;
+pub use remote::Remote;
 pub use simulator::Simulator;
 
 use service::Registry;
@@ -57,5 +63,7 @@ pub fn registry() -> Registry {
         .with(DockerClient)
         .with(DockerServer)
         .with(Exec)
+        .with(Listen)
+        .with(Remote)
         .with(Simulator)
 }

@@ -116,7 +116,7 @@ async fn spawn_errors_name_the_stage() {
     let registry = backends::registry();
     let (sink, _) = libchan::pipe();
     let cases = [
-        (vec!["debug", "simulatr"], "stage 2 (\"simulatr\"): unknown backend \"simulatr\" (known: aggregate, debug, dockerclient, dockerserver, exec, simulator)"),
+        (vec!["debug", "simulatr"], "stage 2 (\"simulatr\"): unknown backend \"simulatr\" (known: aggregate, debug, dockerclient, dockerserver, exec, listen, remote, simulator)"),
         (vec!["aggregate simulator 'exec'", "debug"], "stage 1 (\"aggregate simulator 'exec'\"): child 2 (\"exec\"): no program to run (usage: exec PATH [ARG...])"),
         (vec!["simulator 'bad name'"], "stage 1 (\"simulator 'bad name'\"): invalid container name \"bad name\""),
     ];

@@ -499,24 +499,18 @@ async fn route(
                 let why = format!("accept queue of {} is full", inner.limits.accept_queue);
                 return refuse(stream, Code::AcceptQueueFull, &why, &inner).await;
             };
-            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode())
-                .await
-                .is_ok()
-            {
-                slot.send((open, stream));
-            }
+            // An opener that already sent everything and closed may have stopped reading
+            // (QUIC's STOP_SENDING): the ACCEPT is then lost, but what it sent is not.
+            let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
+            slot.send((open, stream));
         }
         _ => {
             if !inner.would_park(open.ref_id) {
                 let why = format!("more than {} references pending", inner.limits.max_pending_refs);
                 return refuse(stream, Code::Rendezvous, &why, &inner).await;
             }
-            if write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode())
-                .await
-                .is_err()
-            {
-                return;
-            }
+            // As above: a failed ACCEPT does not lose what the opener sent.
+            let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
             if let Err(why) = inner.arrive(open, stream) {
                 tracing::warn!(peer = %inner.peer, %why, "nested stream refused");
             }

@@ -356,6 +356,33 @@ async fn byte_pipe_ends_sent(t: Transport) {
     assert_eq!(read_all(first).await, b"pong");
 }
 
+/// A channel opened, written and closed before the peer accepts it, and a byte stream written
+/// and shut down at once, still deliver everything (on QUIC the opener has stopped reading by
+/// then, so the acceptor's ACCEPT cannot be written).
+async fn sent_and_closed_before_accept(t: Transport) {
+    let Some((left, right)) = Pair::new(t).await.sessions else { return };
+    let quick = left.open::<u32>().await.unwrap();
+    quick.send(7).await.unwrap();
+    quick.close().await;
+    let (mut bytes, theirs) = byte_pipe();
+    let carrier = left.open::<ByteStream>().await.unwrap();
+    carrier.send(theirs).await.unwrap();
+    carrier.close().await;
+    bytes.write_all(b"all at once").await.unwrap();
+    bytes.shutdown().await.unwrap();
+    drop(bytes);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut rx = within("accept the closed channel", right.accept::<u32>()).await.unwrap();
+    assert_eq!(within("its message", rx.recv()).await.unwrap(), Some(7));
+    assert_eq!(within("its end", rx.recv()).await.unwrap(), None);
+    let mut rx = within("accept the carrier", right.accept::<ByteStream>()).await.unwrap();
+    let mut stream = within("the byte stream", rx.recv()).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    within("its bytes", stream.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"all at once");
+}
+
 async fn thousand_channels(t: Transport) {
     let pair = Pair::new(t).await;
     let mut tasks = Vec::new();
@@ -532,6 +559,8 @@ macro_rules! conformance {
             async fn byte_stream_100_mib() { super::byte_stream_100_mib(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_pipe_ends_sent() { super::byte_pipe_ends_sent(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sent_and_closed_before_accept() { super::sent_and_closed_before_accept(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn thousand_channels() { super::thousand_channels(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,34 +1,32 @@
 //! Running a pipeline: spawn, wire, start, wait for a signal, shut down.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use backends::service::{
     parse_pipeline, HandlerResult, Message, Pipeline, Registry, Server, Tasks, Verb,
 };
 use libchan::Sender;
+use tracing::Instrument as _;
 
-/// How long the steps of a run may take.
-#[derive(Clone, Copy, Debug)]
-pub struct Options {
-    /// Bound on each stage's answer to `Start`.
-    pub start_timeout: Duration,
-    /// Bound on the wait for the stages to stop at shutdown.
-    pub shutdown_timeout: Duration,
-}
+use crate::node::Settings;
 
-/// Runs `stages` until SIGINT or SIGTERM, then shuts them down.
+/// Runs the pipeline of `settings` until SIGINT or SIGTERM, then shuts down gracefully:
+/// `listen` stages stop accepting and finish their requests in flight, sessions close with
+/// code `Shutdown`, then every stage stops; all within the shutdown timeout.
 ///
 /// # Errors
-/// A stage that does not parse, spawn or start (named by number and text), or a signal
-/// handler that cannot be installed.
-pub async fn run(stages: &[String], options: Options) -> anyhow::Result<()> {
+/// A stage that does not parse, spawn or start (named by number and text), a metrics address
+/// or ready file that cannot be used, or a signal handler that cannot be installed.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let tasks = Tasks::new();
-    let result = run_until_signal(stages, options, &tasks).await;
+    let span = tracing::info_span!("node", node = %settings.node.name());
+    let result = run_until_signal(&settings, &tasks).instrument(span.clone()).await;
+    let _entered = span.enter();
     tracing::info!("shutting down");
-    if tasks.shutdown(options.shutdown_timeout).await {
+    if tasks.shutdown(settings.shutdown_timeout).await {
         tracing::info!("stopped");
     } else {
         tracing::warn!(left = tasks.len(), "tasks still running at the shutdown deadline");
@@ -36,24 +34,47 @@ pub async fn run(stages: &[String], options: Options) -> anyhow::Result<()> {
     result
 }
 
-async fn run_until_signal(
-    stages: &[String],
-    options: Options,
-    tasks: &Tasks,
-) -> anyhow::Result<()> {
+async fn run_until_signal(settings: &Settings, tasks: &Tasks) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;
-    let specs = parse_pipeline(stages)?;
-    let registry = backends::registry();
+    let specs = parse_pipeline(&settings.stages)?;
+    let registry = backends::registry().with_node(settings.node.clone());
     let pipeline = Pipeline::spawn(&registry, &specs, sink(tasks), tasks).await?;
-    pipeline.start(options.start_timeout).await?;
+    pipeline.start(settings.start_timeout).await?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(crate::metrics::serve(addr, tasks).await?),
+        None => None,
+    };
     tracing::info!(stages = pipeline.len(), "chain wired");
+    if let Some(file) = &settings.ready_file {
+        write_ready(file, &settings.node.listening(), metrics)?;
+    }
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("cannot handle SIGINT")?,
         _ = terminate.recv() => {}
     }
     tracing::info!("signal received");
     Ok(())
+}
+
+/// Writes the ready file whole (a temporary file renamed), so a reader never sees half.
+fn write_ready(
+    file: &Path,
+    listening: &[String],
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for url in listening {
+        let _ = writeln!(text, "listening {url}");
+    }
+    if let Some(addr) = metrics {
+        let _ = writeln!(text, "metrics {addr}");
+    }
+    let _ = writeln!(text, "ready");
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, file))
+        .with_context(|| format!("cannot write the ready file {}", file.display()))
 }
 
 /// The end of the chain: logs `Log` and `Error`, answers everything else with an error.

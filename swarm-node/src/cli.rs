@@ -1,12 +1,12 @@
 //! The command line.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::node::Settings;
 use crate::{ca, chain};
 
 /// Compose network services from backends chained like unix pipes.
@@ -22,13 +22,47 @@ pub struct Cli {
     #[arg(value_name = "STAGE")]
     pub stages: Vec<String>,
 
-    /// Seconds to wait for each stage to answer `Start`.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub start_timeout: u64,
+    /// The node's name; its certificate is CERTS/NAME.crt. Default: the only one there.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 
-    /// Seconds to wait for the stages to stop at shutdown.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub shutdown_timeout: u64,
+    /// The certificate directory `swarm-node certs` writes. Default: ./certs, if it exists.
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+
+    /// The swarm CA certificate (PEM), with --cert and --key instead of --certs.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+
+    /// The node certificate (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// The node's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
+
+    /// A TOML file with these settings and the pipeline; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on ADDR (GET /metrics), e.g. 127.0.0.1:9300.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Once every stage started, write FILE: a `listening URL` line per listen stage, then
+    /// `metrics ADDR`.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Seconds to wait for each stage to answer `Start`. Default: 30.
+    #[arg(long, value_name = "SECS")]
+    pub start_timeout: Option<u64>,
+
+    /// Seconds shutdown may take: finishing requests in flight, then stopping the stages.
+    /// Default: 10.
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
 
     /// A subcommand instead of a pipeline.
     #[command(subcommand)]
@@ -88,17 +122,17 @@ pub struct Issue {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Certs(command)) => ca::run(command),
-        None if cli.stages.is_empty() => {
+        None if cli.stages.is_empty() && cli.config.is_none() => {
             print!("{}", chain::backend_list(&backends::registry()));
             Ok(())
         }
         None => {
+            let settings = Settings::resolve(&cli)?;
+            if settings.stages.is_empty() {
+                anyhow::bail!("no pipeline: give stages on the command line or in the config file");
+            }
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            let options = chain::Options {
-                start_timeout: Duration::from_secs(cli.start_timeout),
-                shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
-            };
-            runtime.block_on(chain::run(&cli.stages, options))
+            runtime.block_on(chain::run(settings))
         }
     }
 }
@@ -116,6 +150,8 @@ Examples:
   swarm-node 'aggregate --strategy spread "simulator a" "simulator b"'
   swarm-node certs init --dir ./certs
   swarm-node certs issue node-1 --dns node-1.example --ip 10.0.0.1
+  swarm-node --name B 'listen quic://0.0.0.0:7300' 'simulator b1 b2'
+  swarm-node 'dockerserver tcp://127.0.0.1:4242' 'aggregate "remote quic://B:7300" "remote tls://C:7301"'
 
 Logs go to stderr; set RUST_LOG (default: info), e.g. RUST_LOG=debug.
 Ctrl-C (SIGINT) or SIGTERM stops every stage and the processes exec started."#;

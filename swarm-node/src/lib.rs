@@ -14,6 +14,9 @@
 mod ca;
 pub mod chain;
 pub mod cli;
+pub mod config;
+mod metrics;
+pub mod node;
 
 use clap::Parser;
 
@@ -28,12 +31,17 @@ pub fn main() {
 }
 
 fn init_tracing() {
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(metrics::HandshakeCounter.with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("libchan", tracing::Level::WARN),
+        ))
         .init();
 }

@@ -3,10 +3,11 @@
 //! A service is a [`libchan::Sender`] of [`Message`]s; answers come back on each request's
 //! `ret`. [`Server`] routes requests to handlers by [`Verb`]; [`Client`] does the request and
 //! answer dance with a bound on every wait; [`Registry`] holds [`Backend`]s by name and spawns
-//! [`Stage`]s from [`StageSpec`]s; [`Pipeline`] chains stages; [`Tasks`] tracks their tasks.
+//! [`Stage`]s from [`StageSpec`]s, telling them of their [`Node`]; [`Pipeline`] chains stages; [`Tasks`] tracks their tasks.
 
 mod client;
 mod message;
+mod node;
 mod pipeline;
 mod registry;
 mod server;
@@ -15,6 +16,7 @@ mod tasks;
 
 pub use client::{Attached, Client, ClientError};
 pub use message::{Message, ReplyError, Verb};
+pub use node::{is_secure, node_limits, Node};
 pub use pipeline::Pipeline;
 pub use registry::{Backend, Registry, SpawnError, Stage, StageError, StageFailure};
 pub use server::{HandlerError, HandlerResult, Server};

@@ -8,7 +8,8 @@ use futures::future::BoxFuture;
 use libchan::{Receiver, Sender};
 
 use crate::service::{
-    ClientError, HandlerError, HandlerResult, Message, Server, SpecError, StageSpec, Tasks, Verb,
+    ClientError, HandlerError, HandlerResult, Message, Node, Server, SpecError, StageSpec, Tasks,
+    Verb,
 };
 
 /// A kind of stage, known by name in a [`Registry`]: `debug`, `simulator`, `exec`, ...
@@ -56,6 +57,8 @@ pub struct Stage {
     pub registry: Registry,
     /// Where the stage's tasks go; they watch its shutdown token.
     pub tasks: Tasks,
+    /// The node the stage runs on (name, certificates, session limits); the registry's.
+    pub node: Node,
 }
 
 impl Stage {
@@ -67,7 +70,8 @@ impl Stage {
         registry: Registry,
         tasks: Tasks,
     ) -> Self {
-        Self { name: name.into(), args, downstream, registry, tasks }
+        let node = registry.node().clone();
+        Self { name: name.into(), args, downstream, registry, tasks, node }
     }
 
     /// A client of downstream, named after this stage.
@@ -148,6 +152,7 @@ pub enum StageFailure {
 #[derive(Clone, Default)]
 pub struct Registry {
     backends: Arc<BTreeMap<String, Arc<dyn Backend>>>,
+    node: Node,
 }
 
 impl Registry {
@@ -161,6 +166,18 @@ impl Registry {
     pub fn with(mut self, backend: impl Backend) -> Self {
         Arc::make_mut(&mut self.backends).insert(backend.name().to_owned(), Arc::new(backend));
         self
+    }
+
+    /// This registry, spawning stages that run on `node` (see [`Stage::node`]).
+    #[must_use]
+    pub fn with_node(mut self, node: Node) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// The node the stages run on.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// The backends, by name.

@@ -1,0 +1,303 @@
+//! `listen URL`: accepts libchan sessions and feeds the requests that arrive downstream.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use libchan::proto::Code;
+use libchan::{Listener, Receiver, Sender, Session};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::metrics;
+use crate::relay::{self, Answers, Watch};
+use crate::service::{
+    is_secure, Backend, HandlerError, HandlerResult, Message, Server, SpawnError, Stage, Tasks,
+    Verb,
+};
+
+/// The `listen` backend: makes the rest of the chain a network node.
+///
+/// `listen URL [--allow NAME,...]` binds `URL` (`quic://`, `tls://`, `tcp://`, `unix://`) when
+/// spawned and, once started, accepts libchan sessions. Every top-level channel a peer opens
+/// carries [`Message`]s (a `remote` stage opens one per request); each one goes downstream and
+/// its answers go back on its `ret`. On `tls://` and `quic://` only peers with a certificate
+/// from the node's CA get in (libchan logs the others with the reason), and `--allow` narrows
+/// that to the named nodes: another node's session is closed with code `Application` and the
+/// refusal logged with its name.
+///
+/// At shutdown it stops accepting, lets the requests in flight get their first answer, then
+/// closes every session with code `Shutdown`. Requests sent to the stage's own input are
+/// forwarded downstream; it answers `Start` and `Stop` itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Listen;
+
+impl Backend for Listen {
+    fn name(&self) -> &str {
+        "listen"
+    }
+
+    fn usage(&self) -> &str {
+        "URL [--allow NAME,...]"
+    }
+
+    fn summary(&self) -> &str {
+        "accept libchan sessions on URL (quic://, tls://, tcp://, unix://) and serve the rest of the chain"
+    }
+
+    fn spawn(&self, stage: Stage) -> BoxFuture<'static, Result<Sender<Message>, SpawnError>> {
+        let parsed = parse_args(self, &stage.args);
+        Box::pin(async move {
+            let (url, allow) = parsed?;
+            if !is_secure(&url) && allow.is_some() {
+                return Err(SpawnError::Failed(format!(
+                    "listen {url}: --allow needs tls:// or quic:// (other peers have no name)"
+                )));
+            }
+            let tls =
+                stage.node.tls_for(&url).map_err(|e| SpawnError::Failed(format!("listen {e}")))?;
+            let listener = libchan::listen_secure(&url, stage.node.limits.clone(), &tls)
+                .await
+                .map_err(|error| SpawnError::Failed(format!("listen {url}: {error}")))?;
+            let local = listener.local_url().to_owned();
+            tracing::info!(stage = %stage.name, url = %local, "bound");
+            let state = Arc::new(Listening {
+                label: stage.name.clone(),
+                node: stage.node.name.clone(),
+                allow,
+                downstream: stage.downstream.clone(),
+                tasks: stage.tasks.clone(),
+                listener: std::sync::Mutex::new(Some(listener)),
+            });
+            stage.node.announce(&local);
+            Ok(Server::with_state(stage.name, state)
+                .on(Verb::Start, start)
+                .on(Verb::Stop, stop)
+                .on_any(forward)
+                .spawn(&stage.tasks))
+        })
+    }
+}
+
+struct Listening {
+    label: String,
+    node: String,
+    allow: Option<BTreeSet<String>>,
+    downstream: Sender<Message>,
+    tasks: Tasks,
+    /// Taken by the accept loop at `Start`.
+    listener: std::sync::Mutex<Option<Listener>>,
+}
+
+fn parse_args(
+    backend: &Listen,
+    args: &[String],
+) -> Result<(String, Option<BTreeSet<String>>), SpawnError> {
+    let mut url = None;
+    let mut allow: Option<BTreeSet<String>> = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let names = if let Some(names) = word.strip_prefix("--allow=") {
+            Some(names.to_owned())
+        } else if word == "--allow" {
+            Some(words.next().cloned().ok_or_else(|| {
+                SpawnError::usage(backend, "--allow needs a comma-separated list of node names")
+            })?)
+        } else {
+            None
+        };
+        match names {
+            Some(names) => allow.get_or_insert_with(BTreeSet::new).extend(
+                names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned),
+            ),
+            None if word.starts_with("--") => {
+                return Err(SpawnError::usage(backend, format!("unknown option {word:?}")))
+            }
+            None if url.is_none() => url = Some(word.clone()),
+            None => return Err(SpawnError::usage(backend, format!("unexpected {word:?}"))),
+        }
+    }
+    let url = url.ok_or_else(|| SpawnError::usage(backend, "no URL"))?;
+    Ok((url, allow))
+}
+
+async fn start(state: Arc<Listening>, request: Message) -> HandlerResult {
+    // Invariant: plain data behind the lock; a poisoned lock still holds a valid Option.
+    let listener = state.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(listener) = listener {
+        tracing::info!(stage = %state.label, url = %listener.local_url(), "listening");
+        state.tasks.spawn_draining(accept_loop(state.clone(), listener));
+    }
+    request.reply(Message::ack()).await?;
+    Ok(())
+}
+
+async fn stop(_: Arc<Listening>, request: Message) -> HandlerResult {
+    request.reply(Message::ack()).await?;
+    Ok(())
+}
+
+async fn forward(state: Arc<Listening>, request: Message) -> HandlerResult {
+    state
+        .downstream
+        .send(request)
+        .await
+        .map_err(|_| HandlerError::new("listen: downstream is gone"))
+}
+
+/// Accepts sessions until the drain token fires, then waits for each session to drain.
+async fn accept_loop(state: Arc<Listening>, listener: Listener) {
+    let sessions = TaskTracker::new();
+    let drain = state.tasks.drain_token().clone();
+    loop {
+        let session = tokio::select! {
+            () = drain.cancelled() => break,
+            session = listener.accept() => session,
+        };
+        let Some(session) = session else {
+            tracing::error!(stage = %state.label, "listener failed");
+            break;
+        };
+        let peer = session.peer_name().unwrap_or_default().to_owned();
+        if let Some(allow) = &state.allow {
+            if !allow.contains(&peer) {
+                let reason = "not on the allow list";
+                tracing::warn!(stage = %state.label, peer = %peer, addr = %session.peer_addr(), reason, "peer refused");
+                metrics::count_refusal();
+                let text = format!("node {peer:?} is {reason} of {}", state.node);
+                tokio::spawn(async move { session.close(Code::Application, &text).await });
+                continue;
+            }
+        }
+        let span =
+            tracing::info_span!("session", node = %state.node, peer = %display_peer(&session));
+        sessions.spawn(serve_session(state.clone(), session).instrument(span));
+    }
+    drop(listener);
+    tracing::info!(stage = %state.label, "stopped accepting");
+    sessions.close();
+    sessions.wait().await;
+}
+
+fn display_peer(session: &Session) -> String {
+    match session.peer_name() {
+        Some(name) => format!("{name}@{}", session.peer_addr()),
+        None => session.peer_addr().to_owned(),
+    }
+}
+
+/// Serves one session's channels; at drain, waits for its requests in flight (until the
+/// shutdown token fires) and closes it with `Shutdown`.
+async fn serve_session(state: Arc<Listening>, session: Session) {
+    let _open = metrics::SESSIONS.open();
+    tracing::info!("peer connected");
+    let in_flight = TaskTracker::new();
+    let drain = state.tasks.drain_token().clone();
+    let ended = loop {
+        let channel = tokio::select! {
+            () = drain.cancelled() => break None,
+            reason = session.closed() => break Some(reason),
+            channel = session.accept::<Message>() => channel,
+        };
+        let Some(channel) = channel else { break session.close_reason() };
+        in_flight.spawn(serve_channel(state.clone(), channel, in_flight.clone()).in_current_span());
+    };
+    if let Some(reason) = ended {
+        tracing::info!(%reason, "peer disconnected");
+        return;
+    }
+    in_flight.close();
+    tokio::select! {
+        () = in_flight.wait() => {}
+        () = state.tasks.shutdown_token().cancelled() => {}
+    }
+    session.close(Code::Shutdown, &format!("node {} shutting down", state.node)).await;
+    tracing::info!("session closed for shutdown");
+}
+
+/// Forwards every request on one channel downstream, each with its answers relayed back.
+async fn serve_channel(
+    state: Arc<Listening>,
+    mut channel: Receiver<Message>,
+    in_flight: TaskTracker,
+) {
+    let _open = metrics::CHANNELS.open();
+    loop {
+        let request = tokio::select! {
+            () = state.tasks.shutdown_token().cancelled() => return,
+            request = channel.recv() => request,
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(error) if !error.is_fatal() => {
+                tracing::warn!(%error, "dropped a request that did not decode");
+                metrics::count_error("decode");
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "request channel failed");
+                return;
+            }
+        };
+        metrics::count_message(&state.label);
+        tracing::debug!(verb = %request.verb, args = ?request.args, "request");
+        let Message { verb, args, ret, att } = request;
+        let (ret, answers) = match ret {
+            Some(ret) => {
+                let (relay, answers) = libchan::pipe();
+                (Some(relay), Some(Answers::new(answers, ret)))
+            }
+            None => (None, None),
+        };
+        if let Err(error) = state.downstream.send(Message { verb, args, ret, att }).await {
+            drop(error);
+            if let Some(answers) = answers {
+                answers.fail("listen: the chain is gone").await;
+            }
+            return;
+        }
+        if let Some(answers) = answers {
+            // In flight until the first answer: that is what shutdown waits for.
+            let tasks = state.tasks.clone();
+            let watch = Watch {
+                who: format!("listen on {}", state.node),
+                session: None,
+                timeout: None,
+                shutdown: tasks.shutdown_token().clone(),
+            };
+            in_flight.spawn(
+                async move {
+                    if let Some(rest) = answers.first(&watch).await {
+                        tasks.spawn(relay::rest(rest, watch).in_current_span());
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let (url, allow) = parse_args(&Listen, &args(&["quic://0.0.0.0:7300"])).unwrap();
+        assert_eq!((url.as_str(), allow), ("quic://0.0.0.0:7300", None));
+        let (_, allow) =
+            parse_args(&Listen, &args(&["tls://[::]:1", "--allow", "a, b", "--allow=c"])).unwrap();
+        assert_eq!(allow.unwrap().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let error = parse_args(&Listen, &args(&[])).unwrap_err();
+        assert_eq!(error.to_string(), "no URL (usage: listen URL [--allow NAME,...])");
+        let error = parse_args(&Listen, &args(&["tcp://x:1", "--allow"])).unwrap_err();
+        assert!(error.to_string().starts_with("--allow needs"), "{error}");
+        let error = parse_args(&Listen, &args(&["tcp://x:1", "--deny", "a"])).unwrap_err();
+        assert!(error.to_string().starts_with("unknown option \"--deny\""), "{error}");
+    }
+}

@@ -1,0 +1,185 @@
+//! `listen` and `remote` stages over real loopback sessions (tcp, tls, quic) in one process.
+
+use std::time::{Duration, Instant};
+
+use backends::service::{parse_pipeline, Client, Node, Pipeline, Tasks};
+use libchan::Tls;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+struct Swarm {
+    ca: certs::Ca,
+}
+
+impl Swarm {
+    fn new() -> Self {
+        Self { ca: certs::Ca::create("test swarm CA").unwrap() }
+    }
+
+    fn node(&self, name: &str) -> Node {
+        let cert = self.ca.issue(name, &[], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let identity = certs::Identity::new(&self.ca, &cert).unwrap();
+        let tls = Tls::new(identity.client_config(), identity.server_config())
+            .with_peer_name(|chain| certs::peer_name(chain).ok());
+        Node::new(name).with_tls(tls)
+    }
+}
+
+/// Spawns and starts `stages` on `node`; returns the head and the URLs it listens on.
+async fn run(node: &Node, stages: &[&str], tasks: &Tasks) -> (Client, Vec<String>) {
+    let specs = parse_pipeline(stages).unwrap();
+    let (sink, _) = libchan::pipe();
+    let registry = backends::registry().with_node(node.clone());
+    let pipeline = Pipeline::spawn(&registry, &specs, sink, tasks).await.unwrap();
+    pipeline.start(LIMIT).await.unwrap();
+    (Client::new(pipeline.head().unwrap().clone()).with_timeout(LIMIT), node.listening())
+}
+
+async fn chain_through(scheme: &str) {
+    let swarm = Swarm::new();
+    let (b_tasks, a_tasks) = (Tasks::new(), Tasks::new());
+    let b = swarm.node("node-b");
+    let listen = format!("listen {scheme}://127.0.0.1:0");
+    let (_, urls) = run(&b, &[&listen, "simulator web db"], &b_tasks).await;
+    let remote = format!("remote {} --node node-b", urls[0]);
+    let (a, _) = run(&swarm.node("node-a"), &[&remote], &a_tasks).await;
+
+    assert_eq!(a.ls().await.unwrap(), ["web", "db"]);
+    let api = a.spawn([r#"{"Image": "nginx"}"#, "api"]).await.unwrap();
+    api.start().await.unwrap();
+    let web = a.attach("web").await.unwrap().object;
+    let state: serde_json::Value = serde_json::from_str(&web.get().await.unwrap()).unwrap();
+    assert_eq!(state["Name"], "/web");
+    assert_eq!(a.ls().await.unwrap(), ["web", "db", "api"]);
+    let error = a.attach("nope").await.unwrap_err();
+    assert_eq!(error.to_string(), "Attach: no such container: nope");
+    assert!(a_tasks.shutdown(LIMIT).await);
+    assert!(b_tasks.shutdown(LIMIT).await);
+}
+
+#[tokio::test]
+async fn chain_over_tcp() {
+    chain_through("tcp").await;
+}
+
+#[tokio::test]
+async fn chain_over_tls() {
+    chain_through("tls").await;
+}
+
+#[tokio::test]
+async fn chain_over_quic() {
+    chain_through("quic").await;
+}
+
+#[tokio::test]
+async fn chain_over_unix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sock");
+    let (b_tasks, a_tasks) = (Tasks::new(), Tasks::new());
+    let listen = format!("listen unix://{}", path.display());
+    run(&Node::default(), &[&listen, "simulator web"], &b_tasks).await;
+    let remote = format!("remote unix://{}", path.display());
+    let (a, _) = run(&Node::default(), &[&remote], &a_tasks).await;
+    assert_eq!(a.ls().await.unwrap(), ["web"]);
+    assert!(a_tasks.shutdown(LIMIT).await);
+    assert!(b_tasks.shutdown(LIMIT).await);
+}
+
+#[tokio::test]
+async fn losing_the_node_fails_fast_and_clearly_then_recovers() {
+    for scheme in ["tls", "quic"] {
+        let swarm = Swarm::new();
+        let b = swarm.node("node-b");
+        let b_tasks = Tasks::new();
+        let listen = format!("listen {scheme}://127.0.0.1:0");
+        let (_, urls) = run(&b, &[&listen, "simulator web"], &b_tasks).await;
+        let a_tasks = Tasks::new();
+        let remote = format!("remote {} --node node-b", urls[0]);
+        let (a, _) = run(&swarm.node("node-a"), &[&remote], &a_tasks).await;
+        assert_eq!(a.ls().await.unwrap(), ["web"]);
+
+        // The node goes away (its sessions closed with a code).
+        assert!(b_tasks.shutdown(LIMIT).await);
+        let started = Instant::now();
+        let error = a.ls().await.unwrap_err().to_string();
+        assert!(error.starts_with("Ls: remote node-b: "), "{scheme}: {error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{scheme}: took {:?}",
+            started.elapsed()
+        );
+
+        // It comes back on the same address (once the old QUIC endpoint let go of its
+        // socket): requests succeed again without touching A.
+        let b_tasks = Tasks::new();
+        let listen = format!("listen {}", urls[0]);
+        let registry = backends::registry().with_node(swarm.node("node-b"));
+        let specs = parse_pipeline(&[&listen, "simulator web2"]).unwrap();
+        let deadline = Instant::now() + LIMIT;
+        let pipeline = loop {
+            let (sink, _) = libchan::pipe();
+            match Pipeline::spawn(&registry, &specs, sink, &b_tasks).await {
+                Ok(pipeline) => break pipeline,
+                Err(error) if Instant::now() < deadline => {
+                    assert!(error.to_string().contains("in use"), "{error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        pipeline.start(LIMIT).await.unwrap();
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match a.ls().await {
+                Ok(names) => {
+                    assert_eq!(names, ["web2"]);
+                    break;
+                }
+                Err(error) if Instant::now() < deadline => {
+                    assert!(error.to_string().contains("remote node-b: "), "{error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("{scheme}: never recovered: {error}"),
+            }
+        }
+        assert!(a_tasks.shutdown(LIMIT).await);
+        assert!(b_tasks.shutdown(LIMIT).await);
+    }
+}
+
+#[tokio::test]
+async fn peers_off_the_allow_list_or_from_another_ca_are_refused() {
+    let swarm = Swarm::new();
+    let b_tasks = Tasks::new();
+    let b = swarm.node("node-b");
+    let (_, urls) =
+        run(&b, &["listen quic://127.0.0.1:0 --allow node-a", "simulator web"], &b_tasks).await;
+
+    let tasks = Tasks::new();
+    let remote = format!("remote {} --node node-b", urls[0]);
+    let (allowed, _) = run(&swarm.node("node-a"), &[&remote], &tasks).await;
+    assert_eq!(allowed.ls().await.unwrap(), ["web"]);
+    let (stranger, _) = run(&swarm.node("node-c"), &[&remote], &tasks).await;
+    let error = stranger.ls().await.unwrap_err().to_string();
+    assert!(error.starts_with("Ls: remote node-b: "), "{error}");
+    let (other_ca, _) = run(&Swarm::new().node("node-a"), &[&remote], &tasks).await;
+    let error = other_ca.ls().await.unwrap_err().to_string();
+    assert!(error.starts_with("Ls: remote node-b: not connected: "), "{error}");
+    assert!(tasks.shutdown(LIMIT).await);
+    assert!(b_tasks.shutdown(LIMIT).await);
+}
+
+#[tokio::test]
+async fn secure_urls_need_certificates() {
+    let tasks = Tasks::new();
+    let registry = backends::registry();
+    let specs = parse_pipeline(&["listen quic://127.0.0.1:0"]).unwrap();
+    let (sink, _) = libchan::pipe();
+    let error = Pipeline::spawn(&registry, &specs, sink, &tasks).await.unwrap_err();
+    assert!(error.to_string().contains("needs the node's certificates"), "{error}");
+    let specs = parse_pipeline(&["listen tcp://127.0.0.1:0 --allow a"]).unwrap();
+    let (sink, _) = libchan::pipe();
+    let error = Pipeline::spawn(&registry, &specs, sink, &tasks).await.unwrap_err();
+    assert!(error.to_string().contains("--allow needs tls:// or quic://"), "{error}");
+}

@@ -1,0 +1,3 @@
+fn main() {
+    swarm_node::main();
+}

@@ -1,0 +1,171 @@
+//! Real node processes over loopback: A routes to B (QUIC) and C (TLS).
+
+use std::time::{Duration, Instant};
+
+use backends::service::Tasks;
+use integration_tests::{client, Node, Swarm, LIMIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
+/// How long a request may take to fail once its node is gone.
+const FAST: Duration = Duration::from_secs(10);
+
+fn serving(swarm: &Swarm, name: &str, listen: &str, names: &str) -> Node {
+    swarm.node(name).with_certs().args([listen.to_owned(), format!("simulator {names}")]).start()
+}
+
+fn router(swarm: &Swarm, remotes: &[String]) -> Node {
+    let socket = swarm.path("a.sock");
+    let children: Vec<String> = remotes.iter().map(|remote| format!("\"{remote}\"")).collect();
+    swarm
+        .node("node-a")
+        .with_certs()
+        .args([
+            format!("listen unix://{}", socket.display()),
+            format!("aggregate {}", children.join(" ")),
+        ])
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_over_quic_and_tls_survive_losing_a_node() {
+    let swarm = Swarm::new(BIN);
+    let mut b = serving(&swarm, "node-b", "listen quic://127.0.0.1:0", "b1 b2");
+    let c = serving(&swarm, "node-c", "listen tls://127.0.0.1:0", "c1");
+    let b_url = b.url().to_owned();
+    let a = router(
+        &swarm,
+        &[format!("remote {b_url} --node node-b"), format!("remote {} --node node-c", c.url())],
+    );
+    let tasks = Tasks::new();
+    let host = client(a.url(), LIMIT, &tasks).await;
+
+    assert_eq!(host.ls().await.unwrap(), ["b1", "b2", "c1"]);
+    let c1 = host.attach("c1").await.unwrap().object;
+    c1.start().await.unwrap();
+    assert!(c1.get().await.unwrap().contains("\"Running\":true"));
+
+    // B dies: its requests fail fast, naming it; C's go on.
+    b.kill();
+    let started = Instant::now();
+    let error = host.attach("b1").await.unwrap_err().to_string();
+    assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
+    assert!(error.contains("remote node-b: "), "{error}");
+    let error = host.ls().await.unwrap_err().to_string();
+    assert!(error.contains("remote node-b: "), "{error}");
+    assert!(c1.get().await.unwrap().contains("\"Running\":true"));
+    assert!(host.attach("c1").await.is_ok());
+
+    // B comes back on its address: A recovers without a restart.
+    let _b = serving(&swarm, "node-b", &format!("listen {b_url}"), "b3");
+    let deadline = Instant::now() + LIMIT;
+    let names = loop {
+        match host.ls().await {
+            Ok(names) => break names,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "A never recovered: {error}\n{}", a.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(names, ["b3", "c1"]);
+    assert!(a.log().contains("connection lost"), "{}", a.log());
+    assert!(tasks.shutdown(LIMIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_and_logged() {
+    let swarm = Swarm::new(BIN);
+    let b = serving(&swarm, "node-b", "listen quic://127.0.0.1:0 --allow node-a", "b1");
+    let tls_b = serving(&swarm, "node-d", "listen tls://127.0.0.1:0 --allow node-a", "d1");
+
+    // node-c has a certificate from the swarm CA but is not on the allow list.
+    let socket = swarm.path("c.sock");
+    let c = swarm
+        .node("node-c")
+        .with_certs()
+        .args([
+            format!("listen unix://{}", socket.display()),
+            format!(
+                "aggregate \"remote {} --node node-b\" \"remote {} --node node-d\"",
+                b.url(),
+                tls_b.url()
+            ),
+        ])
+        .start();
+    let tasks = Tasks::new();
+    let host = client(c.url(), LIMIT, &tasks).await;
+    let error = host.ls().await.unwrap_err().to_string();
+    assert!(error.contains("remote node-b: "), "{error}");
+    let log = b.wait_log("peer refused");
+    assert!(log.contains("node-c") && log.contains("not on the allow list"), "{log}");
+    let log = tls_b.wait_log("peer refused");
+    assert!(log.contains("node-c") && log.contains("not on the allow list"), "{log}");
+
+    // node-a is allowed, but its certificate comes from another CA.
+    let other = Swarm::new(BIN);
+    let socket = other.path("a.sock");
+    let a = other
+        .node("node-a")
+        .with_certs()
+        .args([
+            format!("listen unix://{}", socket.display()),
+            format!("remote {} --node node-b", b.url()),
+        ])
+        .start();
+    let host = client(a.url(), LIMIT, &tasks).await;
+    let error = host.ls().await.unwrap_err().to_string();
+    assert!(error.contains("remote node-b: not connected: "), "{error}");
+    let log = b.wait_log("handshake failed");
+    assert!(log.contains("UnknownIssuer") || log.contains("certificate"), "{log}");
+    assert!(tasks.shutdown(LIMIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_graceful_and_exits_zero() {
+    let swarm = Swarm::new(BIN);
+    let mut b = serving(&swarm, "node-b", "listen tls://127.0.0.1:0", "b1");
+    let socket = swarm.path("a.sock");
+    let config = swarm.path("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"node-a\"\ncerts = \"certs\"\nmetrics = \"127.0.0.1:0\"\nshutdown_timeout = 5\npipeline = [\"listen unix://{}\", \"remote {} --node node-b\"]\n",
+            socket.display(),
+            b.url()
+        ),
+    )
+    .unwrap();
+    swarm.issue("node-a");
+    let mut a =
+        swarm.node("node-a").args(["--config".to_owned(), config.display().to_string()]).start();
+    let tasks = Tasks::new();
+    let host = client(a.url(), LIMIT, &tasks).await;
+    assert_eq!(host.ls().await.unwrap(), ["b1"]);
+    let page = a.scrape();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    for line in ["swarm_sessions_open 2", "swarm_request_duration_seconds_count 1"] {
+        assert!(page.contains(line), "{line} missing from {page}");
+    }
+    assert!(page.contains("swarm_messages_total{stage=\"remote tls://"), "{page}");
+
+    let status = b.terminate();
+    assert_eq!(status.code(), Some(0), "{}", b.log());
+    let log = b.log();
+    assert!(log.contains("session closed for shutdown"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    let error = host.ls().await.unwrap_err().to_string();
+    assert!(error.contains("remote node-b: "), "{error}");
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert!(tasks.shutdown(LIMIT).await);
+}
+
+#[test]
+fn unknown_config_keys_are_refused() {
+    let swarm = Swarm::new(BIN);
+    let config = swarm.path("bad.toml");
+    std::fs::write(&config, "name = \"x\"\nlisten_on = \"quic://x:1\"\n").unwrap();
+    let out = std::process::Command::new(BIN).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("unknown field `listen_on`"), "{error}");
+}
