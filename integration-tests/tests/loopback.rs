@@ -50,8 +50,8 @@ async fn chains_over_quic_and_tls_survive_losing_a_node() {
     let error = host.attach("b1").await.unwrap_err().to_string();
     assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
     assert!(error.contains("remote node-b: "), "{error}");
-    let error = host.ls().await.unwrap_err().to_string();
-    assert!(error.contains("remote node-b: "), "{error}");
+    // The listing goes on with what answers (the aggregate leaves B out, with a warning).
+    assert_eq!(host.ls().await.unwrap(), ["c1"]);
     assert!(c1.get().await.unwrap().contains("\"Running\":true"));
     assert!(host.attach("c1").await.is_ok());
 
@@ -60,9 +60,9 @@ async fn chains_over_quic_and_tls_survive_losing_a_node() {
     let deadline = Instant::now() + LIMIT;
     let names = loop {
         match host.ls().await {
-            Ok(names) => break names,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "A never recovered: {error}\n{}", a.log());
+            Ok(names) if names.iter().any(|name| name == "b3") => break names,
+            other => {
+                assert!(Instant::now() < deadline, "A never recovered: {other:?}\n{}", a.log());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
