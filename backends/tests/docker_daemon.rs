@@ -6,8 +6,9 @@
 
 mod support;
 
+use backends::service::Tasks;
 use support::dockerd::Dockerd;
-use support::{docker, Front, Run};
+use support::{docker, serve_node, swarm_node, Front, Run};
 
 /// One CLI step: arguments and stdin.
 type Step = (&'static [&'static str], Option<&'static [u8]>);
@@ -270,4 +271,39 @@ async fn dockerclient_over_tls_with_a_client_certificate() {
     assert!(failed.stderr.contains(&format!("127.0.0.1:{port}")), "{failed:?}");
     refused.shutdown().await;
     front.shutdown().await;
+}
+
+/// dockerserver on node A, `remote quic://B` to node B, which serves a dockerclient: the CLI
+/// gets what the daemon gives directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_remote_node_over_quic() {
+    let Some(daemon) = Dockerd::start().await else { return };
+    let ca = certs::Ca::create("docker test CA").unwrap();
+    let b_tasks = Tasks::new();
+    let dockerclient = format!("dockerclient {}", daemon.host);
+    let (url, _b) = serve_node(&swarm_node(&ca, "node-b"), &dockerclient, &b_tasks).await;
+    assert!(url.starts_with("quic://"), "{url}");
+    let a = backends::registry().with_node(swarm_node(&ca, "node-a"));
+    let front = Front::start_on(a, &[&format!("remote {url} --node node-b")]).await;
+
+    let echo: &[&str] = &["run", "--rm", "--network", "none", "bb", "echo", "over quic"];
+    let (through, direct) = (front.docker(echo).await, daemon.docker(echo).await);
+    assert_eq!(through.ok(), "over quic\n");
+    assert_eq!((through.code, &through.stdout), (direct.code, &direct.stdout));
+    let detached = ["run", "-d", "--name", "q1", "--network", "none", "bb", "sh", "-c"];
+    let run = front.docker(&[&detached[..], &["echo from q1; sleep 60"]].concat()).await;
+    assert_eq!(run.ok().trim().len(), 64, "{run:?}");
+    let ps: &[&str] = &["ps", "-a", "--format", "{{.Names}} {{.Image}} {{.State}}"];
+    assert_eq!(front.docker(ps).await.ok(), daemon.docker(ps).await.ok());
+    assert_eq!(front.docker(ps).await.ok(), "q1 bb running\n");
+    let logs = front.docker(&["logs", "q1"]).await;
+    assert_eq!(logs.ok(), daemon.docker(&["logs", "q1"]).await.ok());
+    let inspect: &[&str] = &["inspect", "--format", "{{.Name}} {{.State.Status}}", "q1"];
+    assert_eq!(front.docker(inspect).await.ok(), "/q1 running\n");
+    assert_eq!(front.docker(&["rm", "-f", "q1"]).await.ok(), "q1\n");
+    assert_eq!(daemon.docker(ps).await.ok(), "");
+    let missing = front.docker(&["inspect", "nosuch"]).await;
+    assert_eq!(missing.code, daemon.docker(&["inspect", "nosuch"]).await.code);
+    front.shutdown().await;
+    assert!(b_tasks.shutdown(support::LIMIT).await);
 }

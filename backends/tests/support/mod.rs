@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use backends::service::{parse_pipeline, Client, Pipeline, Tasks};
+use backends::service::{parse_pipeline, Client, Node, Pipeline, Registry, Tasks};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -45,6 +45,11 @@ pub struct Front {
 impl Front {
     /// Spawns and starts `dockerserver tcp://127.0.0.1:0` in front of `stages`.
     pub async fn start(stages: &[&str]) -> Self {
+        Self::start_on(backends::registry(), stages).await
+    }
+
+    /// As [`Front::start`], with the backends of `registry` (a node identity, say).
+    pub async fn start_on(registry: Registry, stages: &[&str]) -> Self {
         let tasks = Tasks::new();
         let mut all = vec!["dockerserver tcp://127.0.0.1:0"];
         all.extend_from_slice(stages);
@@ -55,7 +60,7 @@ impl Front {
             let mut sunk = sunk;
             while let Ok(Some(_)) = sunk.recv().await {}
         });
-        let pipeline = Pipeline::spawn(&backends::registry(), &specs, sink, &tasks).await.unwrap();
+        let pipeline = Pipeline::spawn(&registry, &specs, sink, &tasks).await.unwrap();
         pipeline.start(LIMIT).await.unwrap();
         let head = Client::new(pipeline.head().unwrap().clone()).with_timeout(LIMIT);
         let state: Value = serde_json::from_str(&head.get().await.unwrap()).unwrap();
@@ -133,4 +138,24 @@ pub fn skip(reason: &str) {
 #[track_caller]
 pub fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
+}
+
+/// A throwaway swarm CA's node `name`, with its certificates, for `listen`/`remote` stages.
+pub fn swarm_node(ca: &certs::Ca, name: &str) -> Node {
+    let cert = ca.issue(name, &[], &["127.0.0.1".parse().unwrap()]).unwrap();
+    let identity = certs::Identity::new(ca, &cert).unwrap();
+    let tls = libchan::Tls::new(identity.client_config(), identity.server_config())
+        .with_peer_name(|chain| certs::peer_name(chain).ok());
+    Node::new(name).with_tls(tls)
+}
+
+/// Serves `listen quic://127.0.0.1:0` + `stage` as `node`; returns the URL it listens on and
+/// the running pipeline (keep it until the end).
+pub async fn serve_node(node: &Node, stage: &str, tasks: &Tasks) -> (String, Pipeline) {
+    let specs = parse_pipeline(&["listen quic://127.0.0.1:0", stage]).unwrap();
+    let (sink, _) = libchan::pipe();
+    let registry = backends::registry().with_node(node.clone());
+    let pipeline = Pipeline::spawn(&registry, &specs, sink, tasks).await.unwrap();
+    pipeline.start(LIMIT).await.unwrap();
+    (node.listening()[0].clone(), pipeline)
 }
