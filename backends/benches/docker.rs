@@ -1,5 +1,7 @@
 //! The docker CLI through `dockerserver` + `dockerclient` against the same CLI straight at the
-//! daemon, in one run: `docker ps` (5 containers) and `docker run --rm bb /bin/true`. Needs
+//! daemon, and through a remote node over QUIC (dockerserver on node A, `remote quic://B`,
+//! dockerclient on node B), in one run: `docker ps` (5 containers) and
+//! `docker run --rm bb /bin/true`. Needs
 //! root, dockerd and busybox, like the Docker tests. `cargo bench -p backends --bench docker`;
 //! `-- --quick` for fewer runs.
 
@@ -8,8 +10,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use backends::service::Tasks;
 use support::dockerd::Dockerd;
-use support::{docker, Front};
+use support::{docker, serve_node, swarm_node, Front};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -27,36 +30,47 @@ async fn run(runs: usize) {
         daemon.docker(&args).await.ok();
     }
     let front = Front::start(&[&format!("dockerclient {}", daemon.host)]).await;
+    let ca = certs::Ca::create("bench CA").unwrap();
+    let b_tasks = Tasks::new();
+    let dockerclient = format!("dockerclient {}", daemon.host);
+    let (url, _b) = serve_node(&swarm_node(&ca, "node-b"), &dockerclient, &b_tasks).await;
+    let a = backends::registry().with_node(swarm_node(&ca, "node-a"));
+    let remote = Front::start_on(a, &[&format!("remote {url} --node node-b")]).await;
     let ps: &[&str] = &["ps", "-a"];
     let run_true: &[&str] = &["run", "--rm", "--network", "none", "bb", "/bin/true"];
-    println!("\n| docker CLI command, median of {runs} | straight to dockerd | through dockerserver + dockerclient | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "\n| docker CLI command, median of {runs} | straight to dockerd | \
+         through dockerserver + dockerclient | ratio | through a remote node over QUIC | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (label, args) in [("docker ps -a", ps), ("docker run --rm bb /bin/true", run_true)] {
-        let (direct, through) = alternate(runs, &daemon.host, &front.host, args).await;
+        let hosts = [daemon.host.as_str(), front.host.as_str(), remote.host.as_str()];
+        let [direct, through, far] = alternate(runs, hosts, args).await;
+        let ratio = |time: Duration| time.as_secs_f64() / direct.as_secs_f64();
         println!(
-            "| {label} | {:.1} ms | {:.1} ms | {:.2} |",
+            "| {label} | {:.1} ms | {:.1} ms | {:.2} | {:.1} ms | {:.2} |",
             ms(direct),
             ms(through),
-            through.as_secs_f64() / direct.as_secs_f64()
+            ratio(through),
+            ms(far),
+            ratio(far)
         );
     }
     front.shutdown().await;
+    remote.shutdown().await;
+    b_tasks.shutdown(support::LIMIT).await;
     drop(daemon);
 }
 
-/// Medians of `runs` runs each way, alternating so both see the same machine.
-async fn alternate(
-    runs: usize,
-    direct: &str,
-    through: &str,
-    args: &[&str],
-) -> (Duration, Duration) {
-    let mut times = (Vec::new(), Vec::new());
+/// Medians of `runs` runs on each host, in turn so all see the same machine.
+async fn alternate(runs: usize, hosts: [&str; 3], args: &[&str]) -> [Duration; 3] {
+    let mut times: [Vec<Duration>; 3] = Default::default();
     for _ in 0..runs {
-        times.0.push(timed(direct, args).await);
-        times.1.push(timed(through, args).await);
+        for (host, times) in hosts.iter().zip(times.iter_mut()) {
+            times.push(timed(host, args).await);
+        }
     }
-    (median(times.0), median(times.1))
+    times.map(median)
 }
 
 async fn timed(host: &str, args: &[&str]) -> Duration {
