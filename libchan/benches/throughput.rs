@@ -115,6 +115,13 @@ async fn run(net: Net, scale: &Scale, only: &[&str]) {
         let (chan50, chan99) = request_response_libchan(net, scale.round_trips).await;
         rows.push(("request/response p50 (us)", fmt_us(raw50), fmt_us(chan50), chan50 / raw50));
         rows.push(("request/response p99 (us)", fmt_us(raw99), fmt_us(chan99), chan99 / raw99));
+        let (chan50, _) = ping_pong_libchan(net, scale.round_trips).await;
+        rows.push((
+            "ping-pong on two open channels p50 (us)",
+            fmt_us(raw50),
+            fmt_us(chan50),
+            chan50 / raw50,
+        ));
     }
     if only.contains(&"bulk") {
         let raw = bulk_raw(net, scale.bulk).await;
@@ -373,6 +380,36 @@ async fn request_response_libchan(net: Net, n: u64) -> (f64, f64) {
     }
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    percentiles(&hist)
+}
+
+/// 64 bytes there and back on two channels opened once: what a round trip costs without a
+/// fresh return channel per request.
+async fn ping_pong_libchan(net: Net, n: u64) -> (f64, f64) {
+    let (a, b) = session_pair(net).await;
+    let there = a.open::<Small>().await.unwrap();
+    let mut at_b = b.accept::<Small>().await.unwrap();
+    let back = b.open::<Small>().await.unwrap();
+    let mut at_a = a.accept::<Small>().await.unwrap();
+    let echo = tokio::spawn(async move {
+        while let Ok(Some(msg)) = at_b.recv().await {
+            if back.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    for i in 0..n + 100 {
+        let start = Instant::now();
+        there.send(Small { payload: vec![0; 64] }).await.unwrap();
+        let got = at_a.recv().await.unwrap().unwrap();
+        assert_eq!(got.payload.len(), 64);
+        if i >= 100 {
+            hist.record(start.elapsed().as_nanos() as u64).unwrap();
+        }
+    }
+    drop(there);
+    let _ = tokio::time::timeout(Duration::from_secs(5), echo).await;
     percentiles(&hist)
 }
 
