@@ -65,6 +65,7 @@ impl Backend for DockerServer {
         Box::pin(async move {
             let (listener, url) = bind(&usage?).await?;
             tracing::info!(stage = %stage.name, %url, "Docker API bound");
+            stage.node.announce(&url);
             let front = Arc::new(Frontend {
                 label: stage.name.clone(),
                 host: stage.downstream_client(),
