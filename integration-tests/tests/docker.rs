@@ -3,7 +3,6 @@
 //! node over QUIC, compared with the CLI sent straight to the daemon.
 
 #[path = "../../backends/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use integration_tests::Swarm;
