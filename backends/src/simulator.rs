@@ -90,6 +90,8 @@ struct Container {
     config: Value,
     host_config: Value,
     status: Status,
+    /// Paused while running (`docker pause`).
+    paused: bool,
     pid: u32,
     exit_code: i32,
     started_at: String,
@@ -138,6 +140,7 @@ impl Host {
             config: container_config(config, &id),
             host_config: config.get("HostConfig").cloned().unwrap_or_else(|| json!({})),
             status: Status::Created,
+            paused: false,
             pid: 0,
             exit_code: 0,
             started_at: ZERO_TIME.to_owned(),
@@ -194,6 +197,7 @@ impl Host {
             .on(Verb::Get, inspect)
             .on(Verb::Start, start)
             .on(Verb::Stop, stop)
+            .on(Verb::Set, set)
             .spawn(&self.tasks)
     }
 }
@@ -275,6 +279,62 @@ async fn start(object: Arc<Object>, request: Message) -> HandlerResult {
     Ok(())
 }
 
+/// `Set("name", NEW)` renames; `Set("paused", "true"|"false")` pauses or unpauses a running
+/// container. Answers `Ack` when the request has `ret`.
+async fn set(object: Arc<Object>, request: Message) -> HandlerResult {
+    let value = request.arg(1).unwrap_or_default().to_owned();
+    match request.arg(0) {
+        Some("name") => {
+            let name = value.trim_start_matches('/').to_owned();
+            check_name(&name)?;
+            object.host.with(&object.id, |state, index| {
+                let taken = state.containers.iter().any(|c| c.name == name && c.id != object.id);
+                if taken {
+                    return Err(HandlerError::new(format!(
+                        "conflict: the container name \"/{name}\" is already in use"
+                    )));
+                }
+                state.containers[index].name = name;
+                Ok(())
+            })?;
+        }
+        Some("paused") => {
+            let pause = value == "true";
+            object.host.with(&object.id, |state, index| {
+                let container = &mut state.containers[index];
+                if container.status != Status::Running {
+                    return Err(HandlerError::new(format!(
+                        "container {} is not running",
+                        container.id
+                    )));
+                }
+                if !pause && !container.paused {
+                    return Err(HandlerError::new(format!(
+                        "container {} is not paused",
+                        container.id
+                    )));
+                }
+                if pause && container.paused {
+                    return Err(HandlerError::new(format!(
+                        "container {} is already paused",
+                        container.id
+                    )));
+                }
+                container.paused = pause;
+                Ok(())
+            })?;
+        }
+        other => {
+            let what = other.unwrap_or_default();
+            return Err(HandlerError::new(format!("not implemented: Set({what})")));
+        }
+    }
+    if request.ret.is_some() {
+        request.reply(Message::ack()).await?;
+    }
+    Ok(())
+}
+
 async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
     let remove = request.arg(0) == Some("rm");
     let force = request.arg(1) == Some("force");
@@ -288,6 +348,7 @@ async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
         }
         if container.status == Status::Running {
             container.status = Status::Exited;
+            container.paused = false;
             container.pid = 0;
             container.exit_code = if remove { 137 } else { 0 };
             container.finished_at = now();
@@ -328,6 +389,7 @@ fn container_config(config: &Map<String, Value>, id: &str) -> Value {
 fn inspect_json(container: &Container) -> Value {
     let status = match container.status {
         Status::Created => "created",
+        Status::Running if container.paused => "paused",
         Status::Running => "running",
         Status::Exited => "exited",
     };
@@ -346,7 +408,7 @@ fn inspect_json(container: &Container) -> Value {
         "State": {
             "Status": status,
             "Running": running,
-            "Paused": false,
+            "Paused": container.paused,
             "Restarting": false,
             "OOMKilled": false,
             "Dead": false,

@@ -106,11 +106,24 @@ async fn errors_have_docker_statuses() {
     assert_eq!(taken.code, 1, "{taken:?}");
     assert!(taken.stderr.contains("is already in use"), "{taken:?}");
 
-    // Verbs the simulator lacks are reported as such.
+    // Pause and unpause change the simulated state, with dockerd's refusals.
+    let not_running = front.docker(&["pause", "web"]).await;
+    assert_eq!(not_running.code, 1);
+    assert!(not_running.stderr.contains("is not running"), "{not_running:?}");
     front.docker(&["start", "web"]).await.ok();
-    let paused = front.docker(&["pause", "web"]).await;
-    assert_eq!(paused.code, 1);
-    assert!(paused.stderr.contains("not implemented: Set"), "{paused:?}");
+    assert_eq!(front.docker(&["pause", "web"]).await.ok(), "web\n");
+    let state =
+        front.docker(&["inspect", "--format", "{{.State.Status}} {{.State.Paused}}", "web"]);
+    assert_eq!(state.await.ok(), "paused true\n");
+    let listed = front.docker(&["ps", "--filter", "name=web", "--format", "{{.Status}}"]).await;
+    assert!(listed.ok().contains("(Paused)"), "{listed:?}");
+    assert_eq!(front.docker(&["unpause", "web"]).await.ok(), "web\n");
+    let again = front.docker(&["unpause", "web"]).await;
+    assert!(again.stderr.contains("is not paused"), "{again:?}");
+    // Verbs the simulator lacks are reported as such.
+    let exec = front.docker(&["exec", "web", "true"]).await;
+    assert_ne!(exec.code, 0);
+    assert!(exec.stderr.contains("not implemented"), "{exec:?}");
 
     // Newer API versions than 1.41 are refused as dockerd refuses them.
     let mut command = tokio::process::Command::new(support::docker_cli());
@@ -142,9 +155,15 @@ async fn kill_restart_top_wait_rename() {
     let state = front.docker(&["inspect", "--format", "{{.State.Status}}", "k1"]).await;
     assert_eq!(state.ok(), "running\n");
 
-    let renamed = front.docker(&["rename", "k1", "k2"]).await;
-    assert!(renamed.stderr.contains("not implemented"), "{renamed:?}");
-    front.docker(&["rm", "-f", "k1"]).await.ok();
+    assert_eq!(front.docker(&["rename", "k1", "k2"]).await.ok(), "");
+    let names = front.docker(&["ps", "--format", "{{.Names}}"]).await;
+    assert_eq!(names.ok(), "k2\n");
+    let gone = front.docker(&["inspect", "k1"]).await;
+    assert!(gone.stderr.contains("No such object: k1"), "{gone:?}");
+    front.docker(&["create", "--name", "k3", "bb"]).await.ok();
+    let taken = front.docker(&["rename", "k3", "k2"]).await;
+    assert!(taken.stderr.contains("is already in use"), "{taken:?}");
+    front.docker(&["rm", "-f", "k2", "k3"]).await.ok();
     front.shutdown().await;
 }
 
