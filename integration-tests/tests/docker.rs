@@ -68,3 +68,36 @@ async fn a_dockerserver_node_reaches_a_daemon_through_a_remote_node_over_quic() 
     assert_eq!(docker(&host, &["rm", "-f", "n1"], None).await.ok(), "n1\n");
     assert_eq!(daemon.docker(ps).await.ok(), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fronts_one_daemon_and_an_aggregate_of_two() {
+    let Some(first) = Dockerd::start().await else { return };
+    let Some(second) = Dockerd::start().await else { return };
+    let swarm = Swarm::new(BIN);
+    let single = swarm
+        .node("single")
+        .args(["dockerserver tcp://127.0.0.1:0".to_owned(), format!("dockerclient {}", first.host)])
+        .start();
+    let host = single.url().to_owned();
+    let run: &[&str] = &["run", "--rm", "--network", "none", "bb", "sh", "-c", "echo out; exit 3"];
+    let (through, direct) = (docker(&host, run, None).await, first.docker(run).await);
+    assert_eq!((through.code, &through.stdout), (3, &"out\n".to_owned()));
+    assert_eq!((through.code, &through.stdout), (direct.code, &direct.stdout));
+
+    let both = format!("aggregate 'dockerclient {}' 'dockerclient {}'", first.host, second.host);
+    let spread =
+        swarm.node("spread").args(["dockerserver tcp://127.0.0.1:0".to_owned(), both]).start();
+    let host = spread.url().to_owned();
+    for name in ["s1", "s2"] {
+        let detached = ["run", "-d", "--name", name, "--network", "none", "bb", "sleep", "60"];
+        assert_eq!(docker(&host, &detached, None).await.ok().trim().len(), 64);
+    }
+    let names: &[&str] = &["ps", "--format", "{{.Names}}"];
+    assert_eq!(first.docker(names).await.ok().lines().count(), 1);
+    assert_eq!(second.docker(names).await.ok().lines().count(), 1);
+    let mut listed: Vec<String> =
+        docker(&host, names, None).await.ok().lines().map(str::to_owned).collect();
+    listed.sort();
+    assert_eq!(listed, ["s1", "s2"]);
+    assert_eq!(docker(&host, &["rm", "-f", "s1", "s2"], None).await.ok(), "s1\ns2\n");
+}
