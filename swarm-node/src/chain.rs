@@ -35,8 +35,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn run_until_signal(settings: &Settings, tasks: &Tasks) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
+    use tokio::signal::unix::{signal, SignalKind};
+    // Both handlers go in before any stage starts: a signal during startup must still shut
+    // the stages down (and kill what exec started), not end the process outright.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let specs = parse_pipeline(&settings.stages)?;
     let registry = backends::registry().with_node(settings.node.clone());
     let pipeline = Pipeline::spawn(&registry, &specs, sink(tasks), tasks).await?;
@@ -50,7 +53,7 @@ async fn run_until_signal(settings: &Settings, tasks: &Tasks) -> anyhow::Result<
         write_ready(file, &settings.node.listening(), metrics)?;
     }
     tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot handle SIGINT")?,
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     tracing::info!("signal received");
