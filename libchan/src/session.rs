@@ -129,8 +129,11 @@ impl Session {
             direction: Direction::OpenerSends,
             content_type: None,
         };
-        let mut stream =
-            inner.mux.open().await.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        let opened = match inner.mux.try_open() {
+            Some(opened) => opened,
+            None => inner.mux.open().await,
+        };
+        let mut stream = opened.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
         stream.permit = Some(permit);
         write_frame(&mut stream.write, FrameType::Open, &open.encode())
             .await
@@ -265,8 +268,9 @@ impl SessionInner {
             let session = self.clone();
             let mut open = BytesMut::new();
             crate::proto::frame::encode(FrameType::Open, &export.open.encode(), &mut open);
-            // Where the transport opens streams without waiting (QUIC), the OPEN goes out
-            // now, ahead of the message naming it, and the peer pairs them sooner.
+            // Where the transport can open a stream without waiting (QUIC always, yamux when
+            // its connection is free), the OPEN goes out now, ahead of the message naming
+            // it, and the peer pairs them sooner.
             let mut opened = self.mux.try_open().and_then(Result::ok);
             if let Some(stream) = opened.as_mut() {
                 let mut cx = Context::from_waker(futures::task::noop_waker_ref());

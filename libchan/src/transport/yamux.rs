@@ -7,9 +7,11 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -24,6 +26,35 @@ type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
 pub(crate) struct YamuxMux {
     open_tx: mpsc::Sender<OpenReply>,
     cancel: CancellationToken,
+    now: Arc<dyn OpenNow>,
+}
+
+/// Opens a stream from the caller's task when the connection is free, instead of asking the
+/// driver and waiting for its answer: the stream's first frame then leaves with the message
+/// that names it.
+trait OpenNow: Send + Sync {
+    fn open_now(&self) -> Option<io::Result<yamux::Stream>>;
+}
+
+/// The connection, shared by the driver and callers of `open_now`.
+struct Shared<S> {
+    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<S>>>,
+    driver: AtomicWaker,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
+    fn open_now(&self) -> Option<io::Result<yamux::Stream>> {
+        let mut conn = self.conn.try_lock().ok()?;
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let opened = conn.poll_new_outbound(&mut cx);
+        drop(conn);
+        // The driver sends what the open queued, and re-registers its own waker.
+        self.driver.wake();
+        match opened {
+            Poll::Ready(result) => Some(result.map_err(io::Error::other)),
+            Poll::Pending => None,
+        }
+    }
 }
 
 /// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
@@ -50,13 +81,16 @@ where
     config.set_max_connection_receive_window(Some(yamux_streams * 256 * 1024));
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
-    let conn = yamux::Connection::new(io.compat(), config, mode);
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(yamux::Connection::new(io.compat(), config, mode)),
+        driver: AtomicWaker::new(),
+    });
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
     let cancel = CancellationToken::new();
     let driver = Driver {
-        conn,
+        shared: shared.clone(),
         open_rx,
         pending_open: None,
         inbound_tx,
@@ -68,7 +102,7 @@ where
         tracing::debug!(%reason, "yamux connection ended");
         let _ = done_tx.send(reason);
     });
-    (YamuxMux { open_tx, cancel }, inbound_rx, done_rx)
+    (YamuxMux { open_tx, cancel, now: shared }, inbound_rx, done_rx)
 }
 
 impl Mux for YamuxMux {
@@ -83,6 +117,10 @@ impl Mux for YamuxMux {
         })
     }
 
+    fn try_open(&self) -> Option<io::Result<RawStream>> {
+        Some(self.now.open_now()?.map(split))
+    }
+
     fn close(&self, _code: crate::proto::Code, _reason: &str) {
         self.cancel.cancel();
     }
@@ -94,7 +132,7 @@ fn split(stream: yamux::Stream) -> RawStream {
 }
 
 struct Driver<S> {
-    conn: yamux::Connection<tokio_util::compat::Compat<S>>,
+    shared: Arc<Shared<S>>,
     open_rx: mpsc::Receiver<OpenReply>,
     pending_open: Option<OpenReply>,
     inbound_tx: mpsc::Sender<RawStream>,
@@ -107,11 +145,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
         let this = self.get_mut();
+        this.shared.driver.register(cx.waker());
+        let shared = this.shared.clone();
+        // Invariant: nothing panics while holding this lock; a poisoned lock still holds the
+        // connection, which then reports its own errors.
+        let mut conn = shared.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !this.closing && this.cancelled.as_mut().poll(cx).is_ready() {
             this.closing = true;
         }
         if this.closing {
-            return match this.conn.poll_close(cx) {
+            return match conn.poll_close(cx) {
                 Poll::Ready(_) => Poll::Ready("closed locally".into()),
                 Poll::Pending => Poll::Pending,
             };
@@ -125,7 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     Poll::Ready(None) | Poll::Pending => break,
                 }
             }
-            match this.conn.poll_new_outbound(cx) {
+            match conn.poll_new_outbound(cx) {
                 Poll::Ready(result) => {
                     if let Some(reply) = this.pending_open.take() {
                         let _ = reply.send(result.map_err(io::Error::other));
@@ -135,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
         }
         loop {
-            match this.conn.poll_next_inbound(cx) {
+            match conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
                     // The channel holds max_streams entries and yamux admits no more streams
                     // than that, so it is never full; if it were, dropping resets the stream.
