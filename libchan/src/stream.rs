@@ -119,8 +119,13 @@ fn poll_pipe_write<R>(
 ) -> Poll<io::Result<R>> {
     let Some(splice) = splice else { return op(Pin::new(pipe), cx) };
     let mut state = lock(&splice.state);
-    if state.moving || state.handover.is_some() {
-        // The handover wakes us; `inner` then switches to the network stream.
+    if state.handover.is_some() {
+        // Handed over since `inner` looked: poll again, and `inner` switches to the stream.
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
+    }
+    if state.moving {
+        // The handover wakes us.
         state.waiting.push(cx.waker().clone());
         return Poll::Pending;
     }

@@ -119,7 +119,7 @@ impl fmt::Debug for Tls {
     }
 }
 
-/// Dials `tls://`: TCP, the TLS handshake, then the session handshake, all within the
+/// Dials `tls://`: TCP, the TLS handshake, then the session handshake, all within one
 /// handshake timeout.
 pub(crate) async fn connect(
     url: &str,
@@ -127,8 +127,7 @@ pub(crate) async fn connect(
     limits: Limits,
     tls: &Tls,
 ) -> Result<Session, ConnectError> {
-    let host = host_of(addr);
-    let name = tls.server_name_for(url, host)?;
+    let name = tls.server_name_for(url, host_of(addr))?;
     let connector = TlsConnector::from(tls.client_config(url)?);
     let timeout = limits.handshake_timeout;
     let handshake = async {
@@ -136,32 +135,22 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| ConnectError::io(format!("connect to {addr}"), e))?;
         let _ = tcp.set_nodelay(true);
-        connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ConnectError::Handshake { peer: addr.to_string(), reason: e.to_string() })
-    };
-    let stream = tokio::time::timeout(timeout, handshake).await.map_err(|_| {
-        ConnectError::HandshakeTimeout { peer: addr.to_string(), seconds: timeout.as_secs_f64() }
-    })??;
-    let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
-    // In TLS 1.3 the server checks our certificate after our side of the handshake is done:
-    // its refusal arrives as an alert where its preamble should be.
-    Session::over_named(stream, true, limits, addr.to_string(), peer_name).await.map_err(
-        |e| match e {
-            ConnectError::Io { source, .. } if is_tls(&source) => {
-                ConnectError::Handshake { peer: addr.to_string(), reason: source.to_string() }
+        let stream = connector.connect(name, tcp).await.map_err(|e| refused(addr, &e))?;
+        let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
+        // In TLS 1.3 the server checks our certificate after our side of the handshake is
+        // done: its refusal arrives as an alert where its preamble should be.
+        Session::over_named(stream, true, limits, addr.to_string(), peer_name).await.map_err(|e| {
+            match e {
+                ConnectError::Io { source, .. } if is_tls(&source) => refused(addr, &source),
+                e => e,
             }
-            e => e,
-        },
-    )
+        })
+    };
+    within(timeout, addr, handshake).await
 }
 
-fn is_tls(error: &std::io::Error) -> bool {
-    error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
-}
-
-/// Serves one accepted TCP connection of a `tls://` listener.
+/// Serves one accepted TCP connection of a `tls://` listener: the TLS handshake and the
+/// session handshake, within one handshake timeout.
 pub(crate) async fn accept(
     tcp: TcpStream,
     peer: String,
@@ -170,15 +159,33 @@ pub(crate) async fn accept(
     tls: &Tls,
 ) -> Result<Session, ConnectError> {
     let timeout = limits.handshake_timeout;
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Err(_) => {
-            return Err(ConnectError::HandshakeTimeout { peer, seconds: timeout.as_secs_f64() })
-        }
-        Ok(Err(e)) => return Err(ConnectError::Handshake { peer, reason: e.to_string() }),
-        Ok(Ok(stream)) => stream,
+    let handshake = async {
+        let stream = acceptor.accept(tcp).await.map_err(|e| refused(&peer, &e))?;
+        let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
+        Session::over_named(stream, false, limits, peer.clone(), peer_name).await
     };
-    let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
-    Session::over_named(stream, false, limits, peer, peer_name).await
+    within(timeout, &peer, handshake).await
+}
+
+fn refused(peer: &str, error: &std::io::Error) -> ConnectError {
+    ConnectError::Handshake { peer: peer.to_string(), reason: error.to_string() }
+}
+
+fn is_tls(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+async fn within(
+    timeout: std::time::Duration,
+    peer: &str,
+    handshake: impl std::future::Future<Output = Result<Session, ConnectError>>,
+) -> Result<Session, ConnectError> {
+    tokio::time::timeout(timeout, handshake).await.unwrap_or_else(|_| {
+        Err(ConnectError::HandshakeTimeout {
+            peer: peer.to_string(),
+            seconds: timeout.as_secs_f64(),
+        })
+    })
 }
 
 /// The host of `host:port`, without IPv6 brackets.
