@@ -257,8 +257,10 @@ async fn supervise(process: Arc<Process>, mut child: Child, pid: u32) {
         () = process.stop.cancelled() => terminate(&mut child, pid, STOP_GRACE).await,
         () = shutdown.cancelled() => terminate(&mut child, pid, SHUTDOWN_GRACE).await,
     };
-    // Whatever the process left behind in its group goes with it.
+    // Whatever the process left behind in its group goes with it, before anyone hears that
+    // the process is gone.
     signal_group(pid, Signal::SIGKILL);
+    let _ = tokio::task::spawn_blocking(move || wait_group_gone(pid, GROUP_GONE_LIMIT)).await;
     let state = match status {
         Ok(status) => exit_state(status),
         Err(error) => {
@@ -286,6 +288,29 @@ async fn terminate(child: &mut Child, pid: u32, grace: Duration) -> std::io::Res
             child.wait().await
         }
     }
+}
+
+/// Waits, up to `limit`, until no live process is left in group `pgid` (SIGKILL is delivered
+/// asynchronously). Zombies do not count: their parent may be gone and nobody may reap them.
+/// Where `/proc` cannot be read this returns at once.
+fn wait_group_gone(pgid: u32, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while group_has_live_process(pgid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn group_has_live_process(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    let pgid = pgid.to_string();
+    entries.filter_map(Result::ok).any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // After the parenthesised command: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        state != Some("Z") && fields.nth(1) == Some(pgid.as_str())
+    })
 }
 
 fn signal_group(pid: u32, signal: Signal) {
@@ -388,6 +413,8 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How long the end of a process waits for the rest of its group to die after SIGKILL.
+const GROUP_GONE_LIMIT: Duration = Duration::from_secs(1);
 /// How long `Stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long shutdown waits after SIGTERM before SIGKILL.
