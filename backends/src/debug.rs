@@ -62,13 +62,13 @@ async fn lifecycle(tap: Arc<Tap>, request: Message) -> HandlerResult {
 
 async fn forward(tap: Arc<Tap>, request: Message) -> HandlerResult {
     log(&tap.label, "request", &request);
-    let Message { verb, args, ret, att } = request;
+    let Message { verb, args, ret, att, id } = request;
     let ret = ret.map(|ret| {
         let (relay, answers) = libchan::pipe();
         tap.tasks.spawn(relay_answers(tap.clone(), answers, ret));
         relay
     });
-    let forwarded = Message { verb, args, ret, att };
+    let forwarded = Message { verb, args, ret, att, id };
     tap.next.send(forwarded).await.map_err(|_| HandlerError::new("debug: downstream is gone"))
 }
 
@@ -115,6 +115,7 @@ fn log(stage: &str, direction: &str, message: &Message) {
         args = ?message.args,
         ret = message.ret.is_some(),
         att = message.att.is_some(),
+        id = message.id.as_deref().unwrap_or_default(),
         "debug"
     );
 }

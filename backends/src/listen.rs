@@ -240,42 +240,52 @@ async fn serve_channel(
                 return;
             }
         };
-        metrics::count_message(&state.label);
-        tracing::debug!(verb = %request.verb, args = ?request.args, "request");
-        let Message { verb, args, ret, att } = request;
-        let (ret, answers) = match ret {
-            Some(ret) => {
-                let (relay, answers) = libchan::pipe();
-                (Some(relay), Some(Answers::new(answers, ret)))
-            }
-            None => (None, None),
-        };
-        if let Err(error) = state.downstream.send(Message { verb, args, ret, att }).await {
-            drop(error);
-            if let Some(answers) = answers {
-                answers.fail("listen: the chain is gone").await;
-            }
+        let mut request = request;
+        let span = relay::request_span(&mut request);
+        if !serve_request(&state, request, &in_flight).instrument(span).await {
             return;
         }
-        if let Some(answers) = answers {
-            // In flight until the first answer: that is what shutdown waits for.
-            let tasks = state.tasks.clone();
-            let watch = Watch {
-                who: format!("listen on {}", state.node),
-                session: None,
-                timeout: None,
-                shutdown: tasks.shutdown_token().clone(),
-            };
-            in_flight.spawn(
-                async move {
-                    if let Some(rest) = answers.first(&watch).await {
-                        tasks.spawn(relay::rest(rest, watch).in_current_span());
-                    }
-                }
-                .in_current_span(),
-            );
-        }
     }
+}
+
+/// Sends one request downstream with its answers relayed back; `false` when the chain is gone.
+async fn serve_request(state: &Arc<Listening>, request: Message, in_flight: &TaskTracker) -> bool {
+    metrics::count_message(&state.label);
+    tracing::debug!(args = ?request.args, "request");
+    let Message { verb, args, ret, att, id } = request;
+    let (ret, answers) = match ret {
+        Some(ret) => {
+            let (relay, answers) = libchan::pipe();
+            (Some(relay), Some(Answers::new(answers, ret)))
+        }
+        None => (None, None),
+    };
+    if let Err(error) = state.downstream.send(Message { verb, args, ret, att, id }).await {
+        drop(error);
+        if let Some(answers) = answers {
+            answers.fail("listen: the chain is gone").await;
+        }
+        return false;
+    }
+    if let Some(answers) = answers {
+        // In flight until the first answer: that is what shutdown waits for.
+        let tasks = state.tasks.clone();
+        let watch = Watch {
+            who: format!("listen on {}", state.node),
+            session: None,
+            timeout: None,
+            shutdown: tasks.shutdown_token().clone(),
+        };
+        in_flight.spawn(
+            async move {
+                if let Some(rest) = answers.first(&watch).await {
+                    tasks.spawn(relay::rest(rest, watch).in_current_span());
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    true
 }
 
 #[cfg(test)]

@@ -9,6 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::Message;
 
+/// The span of everything a network stage does for `request`, named by its id (given one
+/// first if it has none), so a request can be followed through every node's log.
+pub(crate) fn request_span(request: &mut Message) -> tracing::Span {
+    request.ensure_id();
+    let id = request.id.as_deref().unwrap_or_default();
+    tracing::info_span!("request", id = %id, verb = %request.verb)
+}
+
 /// The answers to one forwarded request, and where they go.
 pub(crate) struct Answers {
     answers: Receiver<Message>,

@@ -275,13 +275,18 @@ async fn lifecycle(_: Arc<Link>, request: Message) -> HandlerResult {
 }
 
 /// Forwards a request to the node on a new top-level channel.
-async fn forward(link: Arc<Link>, request: Message) -> HandlerResult {
-    let session = link.session().await?;
-    let channel = session.open::<Message>().await.map_err(|error| {
-        metrics::count_error("connection");
-        HandlerError::new(format!("{}: {error}", link.who))
-    })?;
-    send(&link, &session, &channel, request, Some(channel.clone())).await
+async fn forward(link: Arc<Link>, mut request: Message) -> HandlerResult {
+    let span = relay::request_span(&mut request);
+    async move {
+        let session = link.session().await?;
+        let channel = session.open::<Message>().await.map_err(|error| {
+            metrics::count_error("connection");
+            HandlerError::new(format!("{}: {error}", link.who))
+        })?;
+        send(&link, &session, &channel, request, Some(channel.clone())).await
+    }
+    .instrument(span)
+    .await
 }
 
 /// An object (the `ret` of an answer) at the node, wrapped so requests to it are forwarded
@@ -292,8 +297,9 @@ struct Object {
     target: Sender<Message>,
 }
 
-async fn forward_to_object(object: Arc<Object>, request: Message) -> HandlerResult {
-    send(&object.link, &object.session, &object.target, request, None).await
+async fn forward_to_object(object: Arc<Object>, mut request: Message) -> HandlerResult {
+    let span = relay::request_span(&mut request);
+    send(&object.link, &object.session, &object.target, request, None).instrument(span).await
 }
 
 fn wrap(link: &Arc<Link>, session: &Session, target: Sender<Message>) -> Sender<Message> {
@@ -316,7 +322,8 @@ async fn send(
 ) -> HandlerResult {
     metrics::count_message(&link.label);
     let started = Instant::now();
-    let Message { verb, args, ret, att } = request;
+    tracing::debug!(args = ?request.args, "forwarding");
+    let Message { verb, args, ret, att, id } = request;
     let (ret, answers) = match ret {
         Some(ret) => {
             let (relay, answers) = libchan::pipe();
@@ -325,7 +332,7 @@ async fn send(
         None => (None, None),
     };
     let verb_name = verb.to_string();
-    if let Err(error) = target.send(Message { verb, args, ret, att }).await {
+    if let Err(error) = target.send(Message { verb, args, ret, att, id }).await {
         metrics::count_error("connection");
         let why = match session.close_reason() {
             Some(reason) => format!("connection lost: {reason}"),

@@ -78,7 +78,13 @@ impl Swarm {
 
     /// A node process to configure and start.
     pub fn node(&self, name: &str) -> NodeBuilder<'_> {
-        NodeBuilder { swarm: self, name: name.to_owned(), args: Vec::new(), netns: None }
+        NodeBuilder {
+            swarm: self,
+            name: name.to_owned(),
+            args: Vec::new(),
+            netns: None,
+            log_filter: None,
+        }
     }
 }
 
@@ -88,6 +94,7 @@ pub struct NodeBuilder<'a> {
     name: String,
     args: Vec<String>,
     netns: Option<String>,
+    log_filter: Option<String>,
 }
 
 impl NodeBuilder<'_> {
@@ -117,6 +124,13 @@ impl NodeBuilder<'_> {
         self
     }
 
+    /// Runs the node with `RUST_LOG=filter` (default: `$NODE_LOG`, else `info`).
+    #[must_use]
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_owned());
+        self
+    }
+
     /// Starts the node and waits for its ready file.
     ///
     /// # Panics
@@ -138,7 +152,12 @@ impl NodeBuilder<'_> {
             .arg("--ready-file")
             .arg(&ready)
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                self.log_filter
+                    .or_else(|| std::env::var("NODE_LOG").ok())
+                    .unwrap_or_else(|| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));

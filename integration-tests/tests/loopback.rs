@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use backends::service::Tasks;
+use backends::service::{Message, Tasks, Verb};
 use integration_tests::{client, Node, Swarm, LIMIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
@@ -157,6 +157,57 @@ async fn shutdown_is_graceful_and_exits_zero() {
     assert!(error.contains("remote node-b: "), "{error}");
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert!(tasks.shutdown(LIMIT).await);
+}
+
+/// A request's id shows in the log of every node it crosses, whether the asker chose it or the
+/// first network stage gave it one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_followed_across_nodes_by_its_id() {
+    let swarm = Swarm::new(BIN);
+    let debug = "info,backends=debug";
+    let b = swarm
+        .node("node-b")
+        .with_certs()
+        .log_filter(debug)
+        .args(["listen quic://127.0.0.1:0", "simulator b1"])
+        .start();
+    let socket = swarm.path("a.sock");
+    let a = swarm
+        .node("node-a")
+        .with_certs()
+        .log_filter(debug)
+        .args([
+            format!("listen unix://{}", socket.display()),
+            format!("remote {} --node node-b", b.url()),
+        ])
+        .start();
+    let tasks = Tasks::new();
+    let host = client(a.url(), LIMIT, &tasks).await;
+
+    // Chosen by the asker: kept by A and by B.
+    let request = Message::new(Verb::Attach).with_args(["b1"]).with_id("trace-7e1f:attach");
+    let mut answers = host.request(request).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(answer.verb, Verb::Ack, "{answer:?}");
+    for node in [&a, &b] {
+        let log = node.wait_log("id=trace-7e1f:attach");
+        let line = log.lines().find(|line| line.contains("id=trace-7e1f:attach")).unwrap();
+        assert!(line.contains("verb=Attach"), "{line}");
+    }
+
+    // Not chosen (this client's own `remote` stage gives one): the same id at A and at B.
+    let names = host.ls().await.unwrap();
+    assert_eq!(names, ["b1"]);
+    let log = b.wait_log("verb=Ls");
+    let id = id_of(log.lines().find(|line| line.contains("verb=Ls")).unwrap());
+    a.wait_log(&format!("id={id}"));
+    assert!(tasks.shutdown(LIMIT).await);
+}
+
+/// The `id=` field of a log line.
+fn id_of(line: &str) -> String {
+    let at = line.find("id=").unwrap_or_else(|| panic!("no id in {line}")) + 3;
+    line[at..].split(|c: char| c.is_whitespace() || c == '}').next().unwrap().to_owned()
 }
 
 #[test]

@@ -115,10 +115,15 @@ impl<'de> Deserialize<'de> for Verb {
     }
 }
 
-/// One libswarm message: `{verb, args, ret, att}`.
+/// One libswarm message: `{verb, args, ret, att}`, and an optional request `id`.
 ///
 /// `ret` is where answers go (a request without `ret` gets none); `att` is a byte stream that
 /// goes with the message. Both are libchan handles, so a message crosses sessions unchanged.
+/// `id` names a request across nodes: the network stages (`remote`, `listen`) give a request
+/// that has none a fresh one, keep the one it has, and log it in the span of everything they
+/// do for it, so one request can be followed through every node's log. A message without an
+/// `id` encodes exactly as before (the key is left out), and decoders ignore keys they do not
+/// know, so nodes with and without ids interoperate.
 ///
 /// ```
 /// use backends::service::{Message, Verb};
@@ -140,12 +145,19 @@ pub struct Message {
     /// A byte stream that goes with the message.
     #[serde(default)]
     pub att: Option<ByteStream>,
+    /// The request's id, carried across nodes (see above); at most [`MAX_ID_LEN`] bytes of
+    /// `[A-Za-z0-9._:-]` are kept by the network stages, which replace other ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
+
+/// The longest request id the network stages keep.
+pub const MAX_ID_LEN: usize = 64;
 
 impl Message {
     /// A message with this verb and nothing else.
     pub fn new(verb: Verb) -> Self {
-        Self { verb, args: Vec::new(), ret: None, att: None }
+        Self { verb, args: Vec::new(), ret: None, att: None, id: None }
     }
 
     /// `Ack` with no arguments.
@@ -197,6 +209,29 @@ impl Message {
         self
     }
 
+    /// This message with a request id.
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The request id, if it is one the network stages keep: at most [`MAX_ID_LEN`] bytes of
+    /// letters, digits and `._:-` (so it cannot forge log lines or bloat them).
+    pub fn valid_id(&self) -> Option<&str> {
+        self.id.as_deref().filter(|id| is_valid_id(id))
+    }
+
+    /// The request id, after giving the message a fresh one if it has none (or one that is not
+    /// [valid](Self::valid_id)).
+    pub fn ensure_id(&mut self) -> &str {
+        if self.valid_id().is_none() {
+            self.id = Some(format!("{:016x}", crate::random::random_u64()));
+        }
+        // Invariant: set just above when it was missing.
+        self.id.as_deref().unwrap_or_default()
+    }
+
     /// Argument `index`, if there is one.
     pub fn arg(&self, index: usize) -> Option<&str> {
         self.args.get(index).map(String::as_str)
@@ -225,8 +260,15 @@ impl fmt::Debug for Message {
             .field("args", &self.args)
             .field("ret", &self.ret.is_some())
             .field("att", &self.att.is_some())
+            .field("id", &self.id)
             .finish()
     }
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// An answer that could not be sent.
@@ -264,5 +306,34 @@ mod tests {
         let message: Message = serde_json::from_str(r#"{"verb":"Frobnicate"}"#).unwrap();
         assert_eq!(message.verb, Verb::Other("Frobnicate".into()));
         assert!(message.args.is_empty() && message.ret.is_none() && message.att.is_none());
+        assert!(message.id.is_none());
+    }
+
+    #[test]
+    fn ids_are_kept_when_valid_and_replaced_otherwise() {
+        let mut message = Message::new(Verb::Ls).with_id("docker-7f3a:ps");
+        assert_eq!(message.ensure_id(), "docker-7f3a:ps");
+        for bad in ["", "two words", "line\nbreak", &"x".repeat(MAX_ID_LEN + 1)] {
+            let mut message = Message::new(Verb::Ls).with_id(bad);
+            assert_eq!(message.valid_id(), None, "{bad:?}");
+            let fresh = message.ensure_id().to_owned();
+            assert_eq!(fresh.len(), 16, "{fresh}");
+            assert_eq!(message.valid_id(), Some(fresh.as_str()));
+        }
+        let longest = "y".repeat(MAX_ID_LEN);
+        assert_eq!(Message::new(Verb::Ls).with_id(longest.clone()).valid_id(), Some(&*longest));
+        let mut unnamed = Message::new(Verb::Ls);
+        let first = unnamed.ensure_id().to_owned();
+        assert_ne!(Message::new(Verb::Ls).ensure_id(), first, "fresh ids differ");
+    }
+
+    #[test]
+    fn a_message_without_id_encodes_as_before() {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&Message::new(Verb::Ls), &mut bytes).unwrap();
+        let value: ciborium::Value = ciborium::from_reader(&bytes[..]).unwrap();
+        let keys: Vec<_> =
+            value.as_map().unwrap().iter().map(|(k, _)| k.as_text().unwrap()).collect();
+        assert_eq!(keys, ["verb", "args", "ret", "att"]);
     }
 }
