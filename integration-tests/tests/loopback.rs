@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use backends::service::{Message, Tasks, Verb};
+use backends::service::{Client, Message, Tasks, Verb};
 use integration_tests::{client, Node, Swarm, LIMIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
@@ -157,6 +157,47 @@ async fn shutdown_is_graceful_and_exits_zero() {
     assert!(error.contains("remote node-b: "), "{error}");
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert!(tasks.shutdown(LIMIT).await);
+}
+
+/// SIGTERM while a request is in flight: the node stops accepting, the request still gets its
+/// answer, then the node closes its sessions and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let swarm = Swarm::new(BIN);
+    let marker = swarm.path("got-term");
+    // The process takes a second to stop: a Stop sent to it is in flight that long.
+    let script = format!(
+        "trap 'touch {}; sleep 1; exit 0' TERM; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut b = swarm
+        .node("node-b")
+        .with_certs()
+        .args(["listen tls://127.0.0.1:0".to_owned(), format!("exec /bin/sh -c \"{script}\"")])
+        .start();
+    // Straight over a session, as a library user would: a `remote` stage answers Start and
+    // Stop itself (they are its own lifecycle), so it could not carry them to the far stage.
+    let node = swarm.identity("test-client");
+    let tls = node.tls_for(b.url()).unwrap().with_server_name("node-b".to_owned());
+    let session = libchan::connect_secure(b.url(), node.limits.clone(), &tls).await.unwrap();
+    let channel = session.open::<Message>().await.unwrap();
+    let process = Client::new(channel).named("node-b").with_timeout(LIMIT);
+    let stopping = tokio::spawn(async move { process.stop().await });
+    let deadline = Instant::now() + LIMIT;
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the Stop never reached the process:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let terminated = tokio::task::spawn_blocking(move || {
+        let status = b.terminate();
+        (status, b.log())
+    });
+    let answer = tokio::time::timeout(LIMIT, stopping).await.unwrap().unwrap();
+    let (status, log) = terminated.await.unwrap();
+    assert!(answer.is_ok(), "the request in flight failed: {answer:?}\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("session closed for shutdown"), "{log}");
+    tokio::time::timeout(LIMIT, session.closed()).await.unwrap();
 }
 
 /// A request's id shows in the log of every node it crosses, whether the asker chose it or the
