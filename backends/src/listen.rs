@@ -190,6 +190,7 @@ fn display_peer(session: &Session) -> String {
 /// shutdown token fires) and closes it with `Shutdown`.
 async fn serve_session(state: Arc<Listening>, session: Session) {
     let _open = metrics::SESSIONS.open();
+    let _traffic = metrics::track_traffic(&state.label, &session);
     tracing::info!("peer connected");
     let in_flight = TaskTracker::new();
     let drain = state.tasks.drain_token().clone();

@@ -3,7 +3,7 @@
 //! `swarm-node --metrics ADDR` serves [`render`]; the stages count as they go. Counters are
 //! plain atomics (and small maps keyed by stage or error kind), cheap enough for every request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -47,11 +47,62 @@ pub static CHANNELS: Gauge = Gauge::new();
 
 static MESSAGES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 static ERRORS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+static TRAFFIC: Mutex<BTreeMap<String, StageTraffic>> = Mutex::new(BTreeMap::new());
+static NEXT_TRACKED: AtomicU64 = AtomicU64::new(0);
 static REDIALS: AtomicU64 = AtomicU64::new(0);
 static REFUSALS: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static LATENCY: [AtomicU64; BUCKETS.len() + 1] = [const { AtomicU64::new(0) }; BUCKETS.len() + 1];
 static LATENCY_SUM_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts the bytes `session` carries as `stage`'s until the guard drops (when the session
+/// ends): live sessions are read at every scrape, ended ones are folded into the stage's total.
+pub fn track_traffic(stage: &str, session: &libchan::Session) -> Tracked {
+    let key = NEXT_TRACKED.fetch_add(1, Ordering::Relaxed);
+    let mut traffic = TRAFFIC.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = traffic.entry(stage.to_owned()).or_default();
+    entry.live.insert(key, session.clone());
+    Tracked { stage: stage.to_owned(), key }
+}
+
+/// A session whose bytes count as its stage's; see [`track_traffic`].
+#[derive(Debug)]
+pub struct Tracked {
+    stage: String,
+    key: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut traffic = TRAFFIC.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = traffic.get_mut(&self.stage) {
+            if let Some(session) = entry.live.remove(&self.key) {
+                let last = session.traffic();
+                entry.ended_sent += last.sent;
+                entry.ended_received += last.received;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct StageTraffic {
+    ended_sent: u64,
+    ended_received: u64,
+    /// Sessions open now; each held only until its [`Tracked`] guard drops.
+    live: HashMap<u64, libchan::Session>,
+}
+
+impl StageTraffic {
+    fn totals(&self) -> (u64, u64) {
+        self.live
+            .values()
+            .map(libchan::Session::traffic)
+            .fold((self.ended_sent, self.ended_received), |(sent, received), now| {
+                (sent + now.sent, received + now.received)
+            })
+    }
+}
 
 /// A request passed through `stage`.
 pub fn count_message(stage: &str) {
@@ -110,6 +161,19 @@ pub fn render() -> String {
     );
     for (stage, count) in MESSAGES.lock().unwrap_or_else(PoisonError::into_inner).iter() {
         let _ = writeln!(out, "swarm_messages_total{{stage=\"{}\"}} {count}", escape(stage));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP swarm_bytes_total bytes on the sessions of each network stage\n# TYPE swarm_bytes_total counter"
+    );
+    for (stage, traffic) in TRAFFIC.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        let (sent, received) = traffic.totals();
+        let stage = escape(stage);
+        let _ = writeln!(out, "swarm_bytes_total{{stage=\"{stage}\",direction=\"sent\"}} {sent}");
+        let _ = writeln!(
+            out,
+            "swarm_bytes_total{{stage=\"{stage}\",direction=\"received\"}} {received}"
+        );
     }
     let _ = writeln!(
         out,
@@ -172,5 +236,34 @@ mod tests {
         assert!(text.contains("swarm_messages_total{stage=\"listen \\\"x\\\"\"} 1"), "{text}");
         assert!(text.contains("swarm_request_duration_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
         assert!(text.contains("swarm_request_duration_seconds_count 1"), "{text}");
+    }
+
+    fn bytes(stage: &str, direction: &str) -> u64 {
+        let text = render();
+        let line = format!("swarm_bytes_total{{stage=\"{stage}\",direction=\"{direction}\"}} ");
+        let at = text.find(&line).unwrap_or_else(|| panic!("no {line} in {text}")) + line.len();
+        text[at..].lines().next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn traffic_is_read_live_and_kept_when_the_session_ends() {
+        let limits = libchan::Limits::default();
+        let listener = libchan::listen_with("tcp://127.0.0.1:0", limits.clone()).await.unwrap();
+        let client = libchan::connect_with(listener.local_url(), limits).await.unwrap();
+        let server = listener.accept().await.unwrap();
+        let tracked = track_traffic("listen traffic-test", &server);
+        let tx = client.open::<String>().await.unwrap();
+        let mut rx = server.accept::<String>().await.unwrap();
+        tx.send("x".repeat(10_000)).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), 10_000);
+        let live = bytes("listen traffic-test", "received");
+        assert!(live >= 10_000, "{live}");
+        drop(tracked);
+        let kept = bytes("listen traffic-test", "received");
+        assert!(kept >= live, "{kept} < {live}");
+        // No longer tracked: more traffic on the session does not count.
+        tx.send("y".repeat(10_000)).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), 10_000);
+        assert_eq!(bytes("listen traffic-test", "received"), kept);
     }
 }

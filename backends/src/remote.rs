@@ -226,6 +226,7 @@ async fn keep_connected(link: Arc<Link>) {
                 last_logged.clear();
                 backoff = MIN_BACKOFF;
                 let _open = metrics::SESSIONS.open();
+                let _traffic = metrics::track_traffic(&link.label, &session);
                 link.current.send_modify(|state| state.session = Some(session.clone()));
                 let reason = tokio::select! {
                     () = shutdown.cancelled() => {

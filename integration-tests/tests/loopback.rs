@@ -147,6 +147,20 @@ async fn shutdown_is_graceful_and_exits_zero() {
         assert!(page.contains(line), "{line} missing from {page}");
     }
     assert!(page.contains("swarm_messages_total{stage=\"remote tls://"), "{page}");
+    // The Ls and its answer crossed A's session to B, and the client's session to A.
+    for (stage, direction) in
+        [("remote tls://", "sent"), ("remote tls://", "received"), ("listen unix://", "received")]
+    {
+        let bytes = page
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!("swarm_bytes_total{{stage=\"{stage}"))
+                    && line.contains(&format!("direction=\"{direction}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {stage} {direction} bytes in {page}"));
+        assert!(bytes > 0, "{stage} {direction}: {bytes}\n{page}");
+    }
 
     let status = b.terminate();
     assert_eq!(status.code(), Some(0), "{}", b.log());

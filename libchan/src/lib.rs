@@ -52,6 +52,7 @@ pub use error::{ConnectError, OpenError, RecvError, SendError, SendFailure};
 pub use session::Session;
 pub use stream::{byte_pipe, ByteStream};
 pub use transport::tls::Tls;
+pub use transport::traffic::Traffic;
 pub use transport::url::{
     connect, connect_secure, connect_with, listen, listen_secure, listen_with, Listener, PREAMBLE,
 };

@@ -166,6 +166,14 @@ impl Session {
         &self.inner.peer
     }
 
+    /// The bytes the session's connection carried so far (see [`Traffic`] for what is
+    /// counted on each transport).
+    ///
+    /// [`Traffic`]: crate::Traffic
+    pub fn traffic(&self) -> crate::Traffic {
+        self.inner.mux.traffic()
+    }
+
     /// Why the session ended, or `None` while it is open.
     pub fn close_reason(&self) -> Option<String> {
         self.inner.closed.borrow().clone()

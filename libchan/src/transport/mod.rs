@@ -7,6 +7,7 @@
 
 pub(crate) mod quic;
 pub(crate) mod tls;
+pub(crate) mod traffic;
 pub(crate) mod url;
 pub(crate) mod yamux;
 
@@ -41,6 +42,8 @@ pub(crate) trait Mux: Send + Sync + 'static {
     /// Starts closing the connection; streams fail afterwards. Transports that can carry a
     /// close code and reason themselves (QUIC) send them.
     fn close(&self, code: crate::proto::Code, reason: &str);
+    /// The bytes the connection carried so far.
+    fn traffic(&self) -> traffic::Traffic;
 }
 
 /// Raw yamux streams on the same driver the sessions use, without libchan's framing: the

@@ -48,6 +48,11 @@ impl Mux for QuicMux {
         let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
         self.conn.close(VarInt::from_u32(code.to_u32()), reason);
     }
+
+    fn traffic(&self) -> super::traffic::Traffic {
+        let stats = self.conn.stats();
+        super::traffic::Traffic { sent: stats.udp_tx.bytes, received: stats.udp_rx.bytes }
+    }
 }
 
 impl RawStream {

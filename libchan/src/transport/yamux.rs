@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::traffic::{Counted, Counters, Traffic};
 use super::{Mux, RawStream};
 use crate::Limits;
 
@@ -27,6 +28,7 @@ pub(crate) struct YamuxMux {
     open_tx: mpsc::Sender<OpenReply>,
     cancel: CancellationToken,
     now: Arc<dyn OpenNow>,
+    counters: Arc<Counters>,
 }
 
 /// Opens a stream from the caller's task when the connection is free, instead of asking the
@@ -81,6 +83,8 @@ where
     config.set_max_connection_receive_window(Some(yamux_streams * 256 * 1024));
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
+    let counters = Arc::new(Counters::default());
+    let io = Counted::new(io, counters.clone());
     let shared = Arc::new(Shared {
         conn: Mutex::new(yamux::Connection::new(io.compat(), config, mode)),
         driver: AtomicWaker::new(),
@@ -102,7 +106,7 @@ where
         tracing::debug!(%reason, "yamux connection ended");
         let _ = done_tx.send(reason);
     });
-    (YamuxMux { open_tx, cancel, now: shared }, inbound_rx, done_rx)
+    (YamuxMux { open_tx, cancel, now: shared, counters }, inbound_rx, done_rx)
 }
 
 impl Mux for YamuxMux {
@@ -123,6 +127,10 @@ impl Mux for YamuxMux {
 
     fn close(&self, _code: crate::proto::Code, _reason: &str) {
         self.cancel.cancel();
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.counters.traffic()
     }
 }
 
