@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::metrics;
-use crate::relay::{self, Answers, Watch};
+use crate::relay::{self, Watch};
 use crate::service::{
     is_secure, Backend, HandlerError, HandlerResult, Message, Server, SpawnError, Stage, Tasks,
     Verb,
@@ -250,18 +250,15 @@ async fn serve_channel(
 }
 
 /// Sends one request downstream with its answers relayed back; `false` when the chain is gone.
-async fn serve_request(state: &Arc<Listening>, request: Message, in_flight: &TaskTracker) -> bool {
+async fn serve_request(
+    state: &Arc<Listening>,
+    mut request: Message,
+    in_flight: &TaskTracker,
+) -> bool {
     metrics::count_message(&state.label);
     tracing::debug!(args = ?request.args, "request");
-    let Message { verb, args, ret, att, id } = request;
-    let (ret, answers) = match ret {
-        Some(ret) => {
-            let (relay, answers) = libchan::pipe();
-            (Some(relay), Some(Answers::new(answers, ret)))
-        }
-        None => (None, None),
-    };
-    if let Err(error) = state.downstream.send(Message { verb, args, ret, att, id }).await {
+    let answers = relay::intercept(&mut request);
+    if let Err(error) = state.downstream.send(request).await {
         drop(error);
         if let Some(answers) = answers {
             answers.fail("listen: the chain is gone").await;

@@ -17,6 +17,15 @@ pub(crate) fn request_span(request: &mut Message) -> tracing::Span {
     tracing::info_span!("request", id = %id, verb = %request.verb)
 }
 
+/// Puts a relay in place of `request`'s `ret`: its answers then come to the returned
+/// [`Answers`], which pass them on to the original `ret`. `None` for a request without `ret`.
+pub(crate) fn intercept(request: &mut Message) -> Option<Answers> {
+    let ret = request.ret.take()?;
+    let (relay, answers) = libchan::pipe();
+    request.ret = Some(relay);
+    Some(Answers::new(answers, ret))
+}
+
 /// The answers to one forwarded request, and where they go.
 pub(crate) struct Answers {
     answers: Receiver<Message>,

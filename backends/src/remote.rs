@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::metrics;
-use crate::relay::{self, Answers, Watch};
+use crate::relay::{self, Watch};
 use crate::service::{
     Backend, HandlerError, HandlerResult, Message, Server, SpawnError, Stage, Tasks, Verb,
 };
@@ -318,22 +318,15 @@ async fn send(
     link: &Arc<Link>,
     session: &Session,
     target: &Sender<Message>,
-    request: Message,
+    mut request: Message,
     channel: Option<Sender<Message>>,
 ) -> HandlerResult {
     metrics::count_message(&link.label);
     let started = Instant::now();
     tracing::debug!(args = ?request.args, "forwarding");
-    let Message { verb, args, ret, att, id } = request;
-    let (ret, answers) = match ret {
-        Some(ret) => {
-            let (relay, answers) = libchan::pipe();
-            (Some(relay), Some(Answers::new(answers, ret)))
-        }
-        None => (None, None),
-    };
-    let verb_name = verb.to_string();
-    if let Err(error) = target.send(Message { verb, args, ret, att, id }).await {
+    let answers = relay::intercept(&mut request);
+    let verb_name = request.verb.to_string();
+    if let Err(error) = target.send(request).await {
         metrics::count_error("connection");
         let why = match session.close_reason() {
             Some(reason) => format!("connection lost: {reason}"),
