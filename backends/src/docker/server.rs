@@ -25,12 +25,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::docker::api::{self, Filters};
 use crate::docker::stream;
 use crate::service::{
-    Backend, Client, ClientError, HandlerError, HandlerResult, Message, Server, SpawnError, Stage,
-    Tasks, Verb,
+    with_request_id, Backend, Client, ClientError, HandlerError, HandlerResult, Message, Server,
+    SpawnError, Stage, Tasks, Verb,
 };
 
 /// The `dockerserver` backend: serves the Docker Engine API (version 1.41) on `tcp://HOST:PORT`
@@ -253,7 +254,12 @@ async fn serve_connection(front: Arc<Frontend>, io: Box<dyn Io>) {
 async fn handle(front: Arc<Frontend>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = route(&front, request).await.unwrap_or_else(Failure::response);
+    // One id for every verb this API call sends down the chain (see `Message::id`).
+    let id = format!("docker-{:012x}", crate::random::random_u64() >> 16);
+    let span = tracing::info_span!("api", id = %id);
+    let routed = with_request_id(id, route(&front, request)).instrument(span.clone()).await;
+    let mut response = routed.unwrap_or_else(Failure::response);
+    let _entered = span.enter();
     tracing::debug!(stage = %front.label, %method, %path, status = %response.status(), "request");
     let headers = response.headers_mut();
     headers.insert("api-version", HeaderValue::from_static(api::API_VERSION));

@@ -6,6 +6,17 @@ use libchan::{ByteStream, Receiver, RecvError, Sender};
 
 use crate::service::{Message, Verb};
 
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `future` with `id` as the request id of every message a [`Client`] sends from it
+/// without one of its own: one outside request that becomes several (a Docker API call that
+/// lists, then inspects each container) is then followed by one id through every node.
+pub async fn with_request_id<F: std::future::Future>(id: String, future: F) -> F::Output {
+    REQUEST_ID.scope(id, future).await
+}
+
 /// A handle on a service that speaks the verbs: sends a request with a fresh `ret`, waits for
 /// the answer (at most [`Client::with_timeout`]) and turns `Error` answers into
 /// [`ClientError::Remote`].
@@ -83,7 +94,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the service is gone, [`ClientError::Timeout`].
-    pub async fn notify(&self, request: Message) -> Result<(), ClientError> {
+    pub async fn notify(&self, mut request: Message) -> Result<(), ClientError> {
+        if request.id.is_none() {
+            request.id = REQUEST_ID.try_with(Clone::clone).ok();
+        }
         let verb = request.verb.clone();
         match tokio::time::timeout(self.timeout, self.target.send(request)).await {
             Ok(Ok(())) => Ok(()),

@@ -14,7 +14,7 @@ mod server;
 mod spec;
 mod tasks;
 
-pub use client::{Attached, Client, ClientError};
+pub use client::{with_request_id, Attached, Client, ClientError};
 pub use message::{Message, ReplyError, Verb, MAX_ID_LEN};
 pub use node::{is_secure, node_limits, Node};
 pub use pipeline::Pipeline;
