@@ -100,6 +100,8 @@ fn docker_request_corpus_replays() {
             "version-old-ok" => routed("Version"),
             "not-found" => refused(404, "page not found"),
             "absolute-form-target" => routed("List"),
+            // `%+5` is no escape (a sign is not a hex digit); `+` stands for a space.
+            "percent-sign-not-hex" => routed(r#"Container { id: "a+5% 5", action: Inspect }"#),
             _ => {}
         }
     }
