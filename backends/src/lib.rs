@@ -32,6 +32,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod metrics;
 pub mod service;
 

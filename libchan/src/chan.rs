@@ -814,7 +814,7 @@ impl Drop for NetReceiver {
     }
 }
 
-fn decode<T: Message>(
+pub(crate) fn decode<T: Message>(
     session: &Arc<SessionInner>,
     parent: u64,
     payload: &[u8],

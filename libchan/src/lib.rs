@@ -38,6 +38,8 @@ mod config;
 mod context;
 mod error;
 mod framed;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod proto;
 mod session;
 mod stream;

@@ -345,8 +345,27 @@ impl SessionInner {
         }
     }
 
+    /// A session with no connection under it: opening a stream fails, no task runs. Only for
+    /// [`crate::fuzz_support`], which decodes messages through the same rendezvous table a
+    /// connected session uses; a real session is made by [`Session::start`].
+    pub(crate) fn detached(mux: Box<dyn Mux>, dialer: bool, limits: Limits) -> Arc<Self> {
+        let (closed, _) = watch::channel(None);
+        Arc::new(Self {
+            mux,
+            parity: u64::from(dialer),
+            next_ref: AtomicU64::new(1),
+            outbound: Arc::new(Semaphore::new(limits.max_streams / 2)),
+            rendezvous: Mutex::new(Rendezvous::default()),
+            control: tokio::sync::Mutex::new(None),
+            closed,
+            peer: "detached".into(),
+            peer_name: None,
+            limits,
+        })
+    }
+
     /// A nested stream arrived (ACCEPT already sent): hand it to its claimant or park it.
-    fn arrive(&self, open: Open, stream: RawStream) -> Result<(), String> {
+    pub(crate) fn arrive(&self, open: Open, stream: RawStream) -> Result<(), String> {
         let mut table = lock(&self.rendezvous);
         match table.entries.remove(&open.ref_id) {
             Some(Entry::Awaited { expect, tx, .. }) => {

@@ -348,8 +348,13 @@ pub fn percent_decode(text: &str) -> String {
         match bytes[index] {
             b'+' => out.push(b' '),
             b'%' if index + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok();
-                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                // Two hex digits exactly: `from_str_radix` alone would also take "+5" as 5.
+                let hex = &bytes[index + 1..index + 3];
+                let byte = std::str::from_utf8(hex)
+                    .ok()
+                    .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match byte {
                     Some(byte) => {
                         out.push(byte);
                         index += 2;
@@ -403,6 +408,15 @@ mod tests {
         let encoded = encode_query([("name", "a/b c"), ("t", "1")]);
         assert_eq!(encoded, "name=a%2Fb%20c&t=1");
         assert_eq!(query_pairs(&encoded)[0].1, "a/b c");
+    }
+
+    #[test]
+    fn percent_escapes_take_two_hex_digits() {
+        assert_eq!(percent_decode("%41%2f%2F"), "A//");
+        // A sign is no hex digit: these stay as they are, as in Go's url.QueryUnescape.
+        assert_eq!(percent_decode("%+5%-1"), "% 5%-1");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! The verbs and arguments each endpoint maps to, and the byte-stream conventions of logs
 //! and attach, are in `docs/docker.md`.
 
-mod api;
+pub(crate) mod api;
 mod client;
 mod daemon;
-mod server;
+pub(crate) mod server;
 mod stream;
 
 pub use client::DockerClient;

@@ -110,9 +110,10 @@ enum Listener {
 type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// An answer that is an error: a status and the text for `{"message": TEXT}`.
-struct Failure {
-    status: StatusCode,
-    text: String,
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub status: StatusCode,
+    pub text: String,
 }
 
 impl Failure {
@@ -270,49 +271,179 @@ async fn handle(front: Arc<Frontend>, request: Request<Incoming>) -> Response<Bo
 }
 
 async fn route(front: &Arc<Frontend>, request: Request<Incoming>) -> Answer {
-    let full_path = request.uri().path().to_owned();
-    let path = unversioned(&full_path)?;
-    let query = api::query_pairs(request.uri().query().unwrap_or_default());
-    let options = Options(query);
+    let Parsed { endpoint, options } = parse_request(request.method(), request.uri())?;
+    match endpoint {
+        Endpoint::Ping { with_body } => Ok(ping(with_body)),
+        Endpoint::Version => Ok(json_response(StatusCode::OK, &api::version())),
+        Endpoint::Info => info(front).await,
+        Endpoint::List(listing) => list(front, listing).await,
+        Endpoint::Create => create(front, &options, request).await,
+        Endpoint::Container { id, action } => {
+            container_route(front, &id, action, &options, request).await
+        }
+        Endpoint::Images => Ok(json_response(StatusCode::OK, &json!([]))),
+        Endpoint::Pull => pull(front, &options).await,
+        Endpoint::Exec { id, action } => exec_route(front, &id, action, &options, request).await,
+    }
+}
+
+/// A request as the router reads it from its method and URI, before any backend is asked.
+pub(crate) struct Parsed {
+    pub endpoint: Endpoint,
+    pub options: Options,
+}
+
+/// The endpoint a request names. Docs: `docs/docker.md`.
+#[derive(Debug)]
+pub(crate) enum Endpoint {
+    /// `GET|HEAD /_ping`.
+    Ping { with_body: bool },
+    /// `GET /version`.
+    Version,
+    /// `GET /info`.
+    Info,
+    /// `GET /containers/json`, with its query read.
+    List(Listing),
+    /// `POST /containers/create`; the body is the config.
+    Create,
+    /// `/containers/{id}/...`; `id` percent-decoded.
+    Container { id: String, action: ContainerAction },
+    /// `GET /images/json`.
+    Images,
+    /// `POST /images/create`.
+    Pull,
+    /// `/exec/{id}/...`; `None` for an action this server does not have (answered 404 once
+    /// the exec is found, as Docker does).
+    Exec { id: String, action: Option<ExecAction> },
+}
+
+/// What `GET /containers/json` asks for.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    pub filters: Filters,
+    pub limit: Option<usize>,
+    pub all: bool,
+}
+
+/// An action on a container.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) enum ContainerAction {
+    Inspect,
+    Remove,
+    Start,
+    Stop,
+    Restart,
+    Kill,
+    Pause(bool),
+    Rename,
+    Resize,
+    Top,
+    Logs,
+    Wait,
+    Attach,
+    /// `POST /containers/{id}/exec`; the body is the exec config.
+    Exec,
+}
+
+/// An action on an exec instance.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) enum ExecAction {
+    Inspect,
+    /// The body says `Detach` or not.
+    Start,
+    Resize,
+}
+
+/// Reads a request's endpoint and query: the version prefix, the route, the `filters` of a
+/// listing. Pure, so the fuzz target `docker_request` runs exactly what a request runs.
+///
+/// # Errors
+/// The answer to give at once: 400 for a too new version or bad filters, 404 for no such route.
+pub(crate) fn parse_request(method: &Method, uri: &http::Uri) -> Result<Parsed, Failure> {
+    let path = unversioned(uri.path())?;
+    let options = Options(api::query_pairs(uri.query().unwrap_or_default()));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = request.method().clone();
-    match (&method, segments.as_slice()) {
-        (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping(method == Method::GET)),
-        (&Method::GET, ["version"]) => Ok(json_response(StatusCode::OK, &api::version())),
-        (&Method::GET, ["info"]) => info(front).await,
-        (&Method::GET, ["containers", "json"]) => list(front, &options).await,
-        (&Method::POST, ["containers", "create"]) => create(front, &options, request).await,
+    let endpoint = match (method, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["_ping"]) => {
+            Endpoint::Ping { with_body: method == Method::GET }
+        }
+        (&Method::GET, ["version"]) => Endpoint::Version,
+        (&Method::GET, ["info"]) => Endpoint::Info,
+        (&Method::GET, ["containers", "json"]) => Endpoint::List(listing(&options)?),
+        (&Method::POST, ["containers", "create"]) => Endpoint::Create,
         (_, ["containers", id, rest @ ..]) => {
             let id = api::percent_decode(id);
-            container_route(front, &method, &id, rest, &options, request).await
+            let action = container_action(method, rest)
+                .ok_or_else(|| Failure::new(404, "page not found"))?;
+            Endpoint::Container { id, action }
         }
-        (&Method::GET, ["images", "json"]) => Ok(json_response(StatusCode::OK, &json!([]))),
+        (&Method::GET, ["images", "json"]) => Endpoint::Images,
         (&Method::GET, ["images", name @ .., "json"]) => {
-            Err(Failure::new(404, format!("No such image: {}", name.join("/"))))
+            return Err(Failure::new(404, format!("No such image: {}", name.join("/"))))
         }
-        (&Method::POST, ["images", "create"]) => pull(front, &options).await,
+        (&Method::POST, ["images", "create"]) => Endpoint::Pull,
         (_, ["exec", id, rest @ ..]) => {
-            exec_route(front, &method, id, rest, &options, request).await
+            Endpoint::Exec { id: (*id).to_owned(), action: exec_action(method, rest) }
         }
-        _ => Err(Failure::new(404, "page not found")),
+        _ => return Err(Failure::new(404, "page not found")),
+    };
+    Ok(Parsed { endpoint, options })
+}
+
+fn listing(options: &Options) -> Result<Listing, Failure> {
+    let filters = Filters::parse(options.get("filters").unwrap_or_default())
+        .map_err(|text| Failure::new(400, text))?;
+    let limit =
+        options.get("limit").and_then(|limit| limit.parse::<usize>().ok()).filter(|&n| n > 0);
+    let all = options.flag("all") || limit.is_some() || filters.has_status();
+    Ok(Listing { filters, limit, all })
+}
+
+fn container_action(method: &Method, rest: &[&str]) -> Option<ContainerAction> {
+    use ContainerAction as A;
+    Some(match (method, rest) {
+        (&Method::GET, ["json"]) => A::Inspect,
+        (&Method::DELETE, []) => A::Remove,
+        (&Method::POST, ["start"]) => A::Start,
+        (&Method::POST, ["stop"]) => A::Stop,
+        (&Method::POST, ["restart"]) => A::Restart,
+        (&Method::POST, ["kill"]) => A::Kill,
+        (&Method::POST, [action @ ("pause" | "unpause")]) => A::Pause(*action == "pause"),
+        (&Method::POST, ["rename"]) => A::Rename,
+        (&Method::POST, ["resize"]) => A::Resize,
+        (&Method::GET, ["top"]) => A::Top,
+        (&Method::GET, ["logs"]) => A::Logs,
+        (&Method::POST, ["wait"]) => A::Wait,
+        (&Method::POST, ["attach"]) => A::Attach,
+        (&Method::POST, ["exec"]) => A::Exec,
+        _ => return None,
+    })
+}
+
+fn exec_action(method: &Method, rest: &[&str]) -> Option<ExecAction> {
+    match (method, rest) {
+        (&Method::GET, ["json"]) => Some(ExecAction::Inspect),
+        (&Method::POST, ["start"]) => Some(ExecAction::Start),
+        (&Method::POST, ["resize"]) => Some(ExecAction::Resize),
+        _ => None,
     }
 }
 
 async fn container_route(
     front: &Arc<Frontend>,
-    method: &Method,
     id: &str,
-    rest: &[&str],
+    action: ContainerAction,
     options: &Options,
     request: Request<Incoming>,
 ) -> Answer {
-    match (method, rest) {
-        (&Method::GET, ["json"]) => {
+    use ContainerAction as A;
+    match action {
+        A::Inspect => {
             let object = container(front, id).await?;
             let inspect = object.get().await?;
             Ok(full(StatusCode::OK, "application/json", inspect))
         }
-        (&Method::DELETE, []) => {
+        A::Remove => {
             let mut args = vec!["rm"];
             if options.flag("force") {
                 args.push("force");
@@ -323,47 +454,46 @@ async fn container_route(
             ask(&container(front, id).await?, Verb::Stop, &args).await?;
             Ok(no_content())
         }
-        (&Method::POST, ["start"]) => {
+        A::Start => {
             let answer = ask(&container(front, id).await?, Verb::Start, &[]).await?;
             Ok(status_only(unchanged(&answer)))
         }
-        (&Method::POST, ["stop"]) => {
+        A::Stop => {
             let object = container(front, id).await?;
             let answer = stop(&object, options.get("t")).await?;
             Ok(status_only(unchanged(&answer)))
         }
-        (&Method::POST, ["restart"]) => {
+        A::Restart => {
             let object = container(front, id).await?;
             stop(&object, options.get("t")).await?;
             ask(&object, Verb::Start, &[]).await?;
             Ok(no_content())
         }
-        (&Method::POST, ["kill"]) => {
+        A::Kill => {
             let signal = options.get("signal").unwrap_or("KILL");
             ask(&container(front, id).await?, Verb::Stop, &["kill", signal]).await?;
             Ok(no_content())
         }
-        (&Method::POST, [action @ ("pause" | "unpause")]) => {
-            let paused = if *action == "pause" { "true" } else { "false" };
+        A::Pause(pause) => {
+            let paused = if pause { "true" } else { "false" };
             ask(&container(front, id).await?, Verb::Set, &["paused", paused]).await?;
             Ok(no_content())
         }
-        (&Method::POST, ["rename"]) => {
+        A::Rename => {
             let name = options.get("name").unwrap_or_default();
             ask(&container(front, id).await?, Verb::Set, &["name", name]).await?;
             Ok(no_content())
         }
-        (&Method::POST, ["resize"]) => {
+        A::Resize => {
             let (h, w) = (options.get("h").unwrap_or("0"), options.get("w").unwrap_or("0"));
             ask(&container(front, id).await?, Verb::Set, &["size", h, w]).await?;
             Ok(status_only(StatusCode::OK))
         }
-        (&Method::GET, ["top"]) => top(front, id, options).await,
-        (&Method::GET, ["logs"]) => logs(front, id, options).await,
-        (&Method::POST, ["wait"]) => wait(front, id, options).await,
-        (&Method::POST, ["attach"]) => attach(front, id, options, request).await,
-        (&Method::POST, ["exec"]) => exec_create(front, id, request).await,
-        _ => Err(Failure::new(404, "page not found")),
+        A::Top => top(front, id, options).await,
+        A::Logs => logs(front, id, options).await,
+        A::Wait => wait(front, id, options).await,
+        A::Attach => attach(front, id, options, request).await,
+        A::Exec => exec_create(front, id, request).await,
     }
 }
 
@@ -385,12 +515,8 @@ async fn info(front: &Arc<Frontend>) -> Answer {
     Ok(json_response(StatusCode::OK, &api::info(state, count)))
 }
 
-async fn list(front: &Arc<Frontend>, options: &Options) -> Answer {
-    let filters = Filters::parse(options.get("filters").unwrap_or_default())
-        .map_err(|text| Failure::new(400, text))?;
-    let limit =
-        options.get("limit").and_then(|limit| limit.parse::<usize>().ok()).filter(|&n| n > 0);
-    let all = options.flag("all") || limit.is_some() || filters.has_status();
+async fn list(front: &Arc<Frontend>, listing: Listing) -> Answer {
+    let Listing { filters, limit, all } = listing;
     let names = front.host.ls().await?;
     let inspected: Vec<Option<Value>> = futures::stream::iter(names)
         .map(|name| async move { inspect(front, &name).await.ok() })
@@ -584,9 +710,8 @@ async fn exec_create(front: &Arc<Frontend>, id: &str, request: Request<Incoming>
 
 async fn exec_route(
     front: &Arc<Frontend>,
-    method: &Method,
     id: &str,
-    rest: &[&str],
+    action: Option<ExecAction>,
     options: &Options,
     mut request: Request<Incoming>,
 ) -> Answer {
@@ -595,9 +720,11 @@ async fn exec_route(
         execs.iter().find(|(exec_id, _)| exec_id == id).map(|(_, exec)| exec.clone())
     };
     let exec = exec.ok_or_else(|| Failure::new(404, format!("No such exec instance: {id}")))?;
-    match (method, rest) {
-        (&Method::GET, ["json"]) => Ok(full(StatusCode::OK, "application/json", exec.get().await?)),
-        (&Method::POST, ["start"]) => {
+    match action {
+        Some(ExecAction::Inspect) => {
+            Ok(full(StatusCode::OK, "application/json", exec.get().await?))
+        }
+        Some(ExecAction::Start) => {
             let on_upgrade = hyper::upgrade::on(&mut request);
             let body = json_body(request).await?;
             if body["Detach"] == true {
@@ -606,12 +733,12 @@ async fn exec_route(
             }
             hijack(front, &exec, vec!["start".to_owned(), body.to_string()], on_upgrade).await
         }
-        (&Method::POST, ["resize"]) => {
+        Some(ExecAction::Resize) => {
             let (h, w) = (options.get("h").unwrap_or("0"), options.get("w").unwrap_or("0"));
             ask(&exec, Verb::Set, &["size", h, w]).await?;
             Ok(status_only(StatusCode::OK))
         }
-        _ => Err(Failure::new(404, "page not found")),
+        None => Err(Failure::new(404, "page not found")),
     }
 }
 
@@ -622,7 +749,15 @@ async fn json_body(request: Request<Incoming>) -> Result<Value, Failure> {
         .await
         .map_err(|error| Failure::new(413, format!("request body: {error}")))?
         .to_bytes();
-    let value: Value = serde_json::from_slice(&body)
+    json_object(&body)
+}
+
+/// A JSON object body (create and exec configs, exec start), parsed.
+///
+/// # Errors
+/// 400 for bad JSON or JSON that is not an object.
+pub(crate) fn json_object(body: &[u8]) -> Result<Value, Failure> {
+    let value: Value = serde_json::from_slice(body)
         .map_err(|error| Failure::new(400, format!("invalid JSON: {error}")))?;
     if value.is_object() {
         Ok(value)
@@ -762,10 +897,11 @@ fn unversioned(path: &str) -> Result<&str, Failure> {
 }
 
 /// Query parameters.
-struct Options(Vec<(String, String)>);
+#[derive(Debug)]
+pub(crate) struct Options(pub Vec<(String, String)>);
 
 impl Options {
-    fn get(&self, key: &str) -> Option<&str> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
