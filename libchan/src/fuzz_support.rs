@@ -311,6 +311,10 @@ impl Mux for NoConnection {
     }
 
     fn close(&self, _code: crate::proto::Code, _reason: &str) {}
+
+    fn traffic(&self) -> crate::Traffic {
+        crate::Traffic::default()
+    }
 }
 
 /// A stream that reads nothing and swallows writes, for parked nested streams.
