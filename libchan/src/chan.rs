@@ -139,7 +139,8 @@ impl<T: Message> Sender<T> {
             status,
             handles: AtomicUsize::new(1),
         });
-        tokio::spawn(write_loop(shared.clone(), stream, expect_accept));
+        let in_flight = shared.session.in_flight();
+        tokio::spawn(write_loop(shared.clone(), stream, expect_accept, in_flight));
         Self { inner: SenderInner::Net(shared, PhantomData) }
     }
 
@@ -361,7 +362,7 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
         space.as_mut().enable();
         {
             let mut state = lock(&shared.state);
-            if state.closed || state.finish.is_some() || shared.session.is_closed() {
+            if state.closed || state.finish.is_some() || shared.session.is_closing() {
                 return Err(SendError::new(value, SendFailure::Closed));
             }
             if state.buf.len() < limit {
@@ -433,8 +434,17 @@ fn encode_into<T: Serialize>(
 }
 
 /// Writes a session sender's buffer to its stream, coalescing whatever was queued meanwhile
-/// into one write, and watches the other direction for ACCEPT and RECV_CLOSED.
-async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bool) {
+/// into one write, and watches the other direction for ACCEPT and RECV_CLOSED. A clean
+/// session close ends the channel as if the last handle was dropped. After its FIN the task
+/// waits (at most `drain_timeout`) for the receiver's end of the stream: until then the
+/// messages count as in flight for a clean close (PROTOCOL.md §6.1).
+async fn write_loop(
+    shared: Arc<SendShared>,
+    stream: Arriving,
+    expect_accept: bool,
+    in_flight: crate::session::InFlight,
+) {
+    let mut draining = shared.session.draining();
     let (read, _permit) = match stream {
         Arriving::Here(read, permit) => (read, permit),
         Arriving::Later(pending) => match pending.resolve().await {
@@ -456,10 +466,14 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
         accept_pending: expect_accept,
     };
     let error = loop {
+        let drain = *draining.borrow_and_update();
         let batch = {
             let mut state = lock(&shared.state);
             if state.closed {
                 break None;
+            }
+            if drain && state.finish.is_none() {
+                state.finish = Some(None);
             }
             if !state.buf.is_empty() {
                 state.inline = false;
@@ -475,6 +489,7 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
             tokio::select! {
                 () = shared.wake.notified() => {}
                 gone = control.next(), if control.open => if gone { shared.mark_closed() },
+                _ = draining.changed(), if !drain => {}
             }
             continue;
         };
@@ -500,6 +515,16 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
     }
     let _ = write.shutdown().await;
     shared.status.send_modify(|s| s.finished = true);
+    drop(write);
+    // The receiver ends its direction once it has read everything (or went away).
+    let timeout = shared.session.limits.drain_timeout;
+    let _ = tokio::time::timeout(timeout, async {
+        while control.open {
+            control.next().await;
+        }
+    })
+    .await;
+    drop(in_flight);
 }
 
 /// A sender's stream: here (its write half already with the sender), or still to come.

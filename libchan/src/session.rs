@@ -56,6 +56,11 @@ pub(crate) struct SessionInner {
     rendezvous: Mutex<Rendezvous>,
     /// This side's control stream, once open: heartbeats, then the closing CLOSE_ERR.
     control: tokio::sync::Mutex<Option<BoxWrite>>,
+    /// Set when a clean close starts: senders finish their streams, new sends and opens fail.
+    draining: watch::Sender<bool>,
+    /// Sender streams whose messages the peer has not yet read to the end (or refused), and
+    /// handle streams still being opened: what a clean close waits for.
+    in_flight: watch::Sender<usize>,
     closed: watch::Sender<Option<String>>,
     peer: String,
     peer_name: Option<String>,
@@ -87,6 +92,8 @@ impl Session {
             outbound: Arc::new(Semaphore::new(per_side)),
             rendezvous: Mutex::new(Rendezvous::default()),
             control: tokio::sync::Mutex::new(None),
+            draining: watch::channel(false).0,
+            in_flight: watch::channel(0).0,
             closed,
             peer: peer.addr,
             peer_name: peer.name,
@@ -116,6 +123,9 @@ impl Session {
         let inner = &self.inner;
         if let Some(reason) = inner.closed.borrow().clone() {
             return Err(OpenError::SessionClosed(reason));
+        }
+        if *inner.draining.borrow() {
+            return Err(OpenError::SessionClosed("session is closing".into()));
         }
         let permit = inner
             .outbound
@@ -181,9 +191,18 @@ impl Session {
         }
     }
 
-    /// Closes the session: the peer learns the code and reason on the control stream, then
-    /// the connection closes and every channel on it ends.
+    /// Closes the session cleanly: every message whose `send` returned `Ok` before this call
+    /// reaches the peer first. Sends and opens fail from now on; every channel this side
+    /// sends on ends (FIN after its queued messages) and the close waits, at most
+    /// [`Limits::drain_timeout`], until the peer has read each one to its end or dropped its
+    /// receiver. Then the peer learns the code and reason on the control stream, the
+    /// connection closes and every channel on it ends. PROTOCOL.md §6.1.
+    ///
+    /// # Cancel safety
+    /// Dropping the future during the drain leaves the session draining: sends keep failing
+    /// and the connection stays up until it is closed again or dropped.
     pub async fn close(&self, code: Code, reason: &str) {
+        self.inner.drain().await;
         self.inner.close(code, reason).await;
     }
 }
@@ -211,6 +230,49 @@ impl SessionInner {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.borrow().is_some()
+    }
+
+    /// Closed, or draining for a clean close: nothing new may be sent.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.draining.borrow() || self.is_closed()
+    }
+
+    /// Watches for the start of a clean close.
+    pub(crate) fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Counts a stream a clean close must wait for, until the guard is dropped.
+    pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight { session: Arc::downgrade(self) }
+    }
+
+    /// Starts a clean close and waits until every sender stream was read to its end by the
+    /// peer (or refused), for at most `drain_timeout`.
+    async fn drain(&self) {
+        if self.is_closed() {
+            return;
+        }
+        self.draining.send_replace(true);
+        let mut in_flight = self.in_flight.subscribe();
+        let mut closed = self.closed.subscribe();
+        let drained = tokio::time::timeout(self.limits.drain_timeout, async {
+            tokio::select! {
+                _ = in_flight.wait_for(|n| *n == 0) => {}
+                _ = closed.wait_for(Option::is_some) => {}
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let left = *self.in_flight.borrow();
+            tracing::warn!(
+                peer = %self.peer,
+                left,
+                seconds = self.limits.drain_timeout.as_secs_f64(),
+                "closing before the peer read every channel"
+            );
+        }
     }
 
     fn mark_closed(&self, reason: String) {
@@ -250,7 +312,7 @@ impl SessionInner {
         if exports.is_empty() {
             return Ok(());
         }
-        if self.is_closed() {
+        if self.is_closing() {
             return Err(crate::SendFailure::Closed);
         }
         let mut permits = Vec::with_capacity(exports.len());
@@ -278,6 +340,7 @@ impl SessionInner {
                     open.advance(n);
                 }
             }
+            let in_flight = self.in_flight();
             tokio::spawn(async move {
                 let opened = match opened {
                     Some(stream) => Ok(stream),
@@ -294,7 +357,13 @@ impl SessionInner {
                 if stream.write.write_all(&open).await.is_err() {
                     return;
                 }
-                (export.start)(session, export.open.ref_id, stream).await;
+                // The handle's own stream counts for the drain from its first poll on.
+                let mut start = (export.start)(session, export.open.ref_id, stream);
+                let first = futures::poll!(start.as_mut());
+                drop(in_flight);
+                if first.is_pending() {
+                    start.await;
+                }
             });
         }
         Ok(())
@@ -368,6 +437,19 @@ impl SessionInner {
     fn would_park(&self, ref_id: u64) -> bool {
         let table = lock(&self.rendezvous);
         table.entries.contains_key(&ref_id) || table.entries.len() < self.limits.max_pending_refs
+    }
+}
+
+/// Keeps a clean close waiting while it lives (see [`SessionInner::in_flight`]).
+pub(crate) struct InFlight {
+    session: Weak<SessionInner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.upgrade() {
+            session.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+        }
     }
 }
 
