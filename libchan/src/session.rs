@@ -56,6 +56,10 @@ pub(crate) struct SessionInner {
     rendezvous: Mutex<Rendezvous>,
     /// This side's control stream, once open: heartbeats, then the closing CLOSE_ERR.
     control: tokio::sync::Mutex<Option<BoxWrite>>,
+    /// Set once the peer's control stream arrived; until then the idle timer runs on it.
+    control_seen: watch::Sender<bool>,
+    /// Peer reference ids already used, so a reuse is refused at once (PROTOCOL.md §6.2).
+    retired: Mutex<Retired>,
     /// Set when a clean close starts: senders finish their streams, new sends and opens fail.
     draining: watch::Sender<bool>,
     /// Sender streams whose messages the peer has not yet read to the end (or refused), and
@@ -93,6 +97,8 @@ impl Session {
             rendezvous: Mutex::new(Rendezvous::default()),
             control: tokio::sync::Mutex::new(None),
             draining: watch::channel(false).0,
+            control_seen: watch::channel(false).0,
+            retired: Mutex::new(Retired::default()),
             in_flight: watch::channel(0).0,
             closed,
             peer: peer.addr,
@@ -103,6 +109,7 @@ impl Session {
         tokio::spawn(serve_inbound(weak.clone(), inbound, accept_tx, per_side));
         tokio::spawn(heartbeat(inner.clone(), weak.clone()));
         tokio::spawn(expire_pending(weak.clone()));
+        tokio::spawn(await_control(weak.clone()));
         tokio::spawn(async move {
             let reason = done.await.unwrap_or_else(|_| "connection driver stopped".into());
             if let Some(inner) = weak.upgrade() {
@@ -380,10 +387,17 @@ impl SessionInner {
         if ref_id % 2 == self.parity {
             return Err(format!("reference {ref_id} has this side's parity"));
         }
+        if ref_id == 0 {
+            return Err("reference 0 is reserved".into());
+        }
+        if lock(&self.retired).contains(ref_id) {
+            return Err(format!("reference {ref_id} was already used"));
+        }
         let mut table = lock(&self.rendezvous);
         let expect = Expect { parent, kind, direction };
         match table.entries.remove(&ref_id) {
             Some(Entry::Arrived { open, stream, .. }) => {
+                lock(&self.retired).insert(ref_id);
                 expect.check(&open)?;
                 Ok(PendingStream::Ready(stream))
             }
@@ -411,6 +425,7 @@ impl SessionInner {
         let mut table = lock(&self.rendezvous);
         match table.entries.remove(&open.ref_id) {
             Some(Entry::Awaited { expect, tx, .. }) => {
+                lock(&self.retired).insert(open.ref_id);
                 let result = expect.check(&open).map(|()| stream);
                 let error = result.as_ref().err().cloned();
                 let _ = tx.send(result);
@@ -456,6 +471,32 @@ impl Drop for InFlight {
 impl Drop for SessionInner {
     fn drop(&mut self) {
         self.mux.close(Code::Ok, "session closed");
+    }
+}
+
+/// The most recent peer reference ids used (claimed, accepted, expired), kept to refuse a
+/// reuse at once. Bounded: the oldest are forgotten past `RETIRED_KEPT`; the peer's ids are
+/// unique, so this only shortens how long a misbehaving peer is caught.
+#[derive(Default)]
+struct Retired {
+    ids: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Retired {
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RETIRED_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
     }
 }
 
@@ -570,8 +611,18 @@ async fn route(
         let why = format!("reference {} has the acceptor's parity", open.ref_id);
         return refuse(stream, Code::Protocol, &why, &inner).await;
     }
+    // PROTOCOL.md §6.2: 0 is reserved, and an id is used once.
+    if open.ref_id == 0 && open.kind != Kind::Control {
+        let why = "reference 0 is reserved";
+        return refuse(stream, Code::Protocol, why, &inner).await;
+    }
+    if open.kind != Kind::Control && lock(&inner.retired).contains(open.ref_id) {
+        let why = format!("reference {} was already used", open.ref_id);
+        return refuse(stream, Code::Protocol, &why, &inner).await;
+    }
     match open.kind {
         Kind::Control => {
+            inner.control_seen.send_replace(true);
             let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
             tokio::spawn(watch_control(inner, stream));
         }
@@ -588,6 +639,7 @@ async fn route(
             // An opener that already sent everything and closed may have stopped reading
             // (QUIC's STOP_SENDING): the ACCEPT is then lost, but what it sent is not.
             let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
+            lock(&inner.retired).insert(open.ref_id);
             slot.send((open, stream));
         }
         _ => {
@@ -628,8 +680,12 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
                 Err(e) => format!("peer closed with a malformed CLOSE_ERR: {e}"),
             },
             Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
-            Ok(Ok(None)) => return,
-            Ok(Err(_)) => return,
+            // PROTOCOL.md §6.1: the control stream lives as long as the session.
+            Ok(Ok(None)) => "peer ended its control stream without CLOSE_ERR".to_string(),
+            Ok(Err(e)) => {
+                let e = crate::RecvError::from(e);
+                format!("control stream failed: {e}")
+            }
             Err(_) => {
                 let reason = format!("no heartbeat from peer for {:.1} s", idle.as_secs_f64());
                 tracing::warn!(peer = %inner.peer, %reason, "closing idle session");
@@ -675,6 +731,26 @@ async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {
     }
 }
 
+/// Closes the session when the peer's control stream has not arrived within `idle_timeout`:
+/// the idle timer of §6.1 runs from the start of the session, not only once the stream is
+/// here.
+async fn await_control(session: Weak<SessionInner>) {
+    let (mut seen, idle) = match session.upgrade() {
+        Some(inner) => (inner.control_seen.subscribe(), inner.limits.idle_timeout),
+        None => return,
+    };
+    if tokio::time::timeout(idle, seen.wait_for(|seen| *seen)).await.is_ok() {
+        return;
+    }
+    let Some(inner) = session.upgrade() else { return };
+    if inner.is_closed() {
+        return;
+    }
+    let reason = format!("no control stream from peer within {:.1} s", idle.as_secs_f64());
+    tracing::warn!(peer = %inner.peer, %reason, "closing idle session");
+    inner.close(Code::IdleTimeout, &reason).await;
+}
+
 /// Drops pending references older than their TTL: parked streams are reset, waiting handles
 /// get an error.
 async fn expire_pending(session: Weak<SessionInner>) {
@@ -696,6 +772,7 @@ async fn expire_pending(session: Weak<SessionInner>) {
             .collect();
         for (ref_id, entry) in expired {
             tracing::warn!(peer = %inner.peer, ref_id, "reference not paired within its TTL");
+            lock(&inner.retired).insert(ref_id);
             if let Entry::Awaited { tx, .. } = entry {
                 let ttl = inner.limits.pending_ref_ttl.as_secs_f64();
                 let _ = tx.send(Err(format!(
@@ -708,3 +785,5 @@ async fn expire_pending(session: Weak<SessionInner>) {
 
 /// How long a closing session waits to write its CLOSE_ERR.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peer reference ids remembered as used: 16 bytes of memory or so each, 1 MiB at most.
+const RETIRED_KEPT: usize = 65_536;

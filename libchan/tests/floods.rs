@@ -219,9 +219,10 @@ impl Bystander {
     async fn start(listener: &Listener) -> Self {
         let (client, server) = connect("tcp", listener, Limits::default()).await;
         let requests = client.open::<(u64, libchan::Sender<u64>)>().await.unwrap();
-        let mut incoming = within("bystander accept", server.accept::<(u64, libchan::Sender<u64>)>())
-            .await
-            .unwrap();
+        let mut incoming =
+            within("bystander accept", server.accept::<(u64, libchan::Sender<u64>)>())
+                .await
+                .unwrap();
         tokio::spawn(async move {
             while let Ok(Some((n, reply))) = incoming.recv().await {
                 let _ = reply.send(n + 1).await;
@@ -545,7 +546,10 @@ async fn pending_references_never_claimed_are_bounded_and_expire() {
     // Now messages naming references whose streams never come: the table fills again and
     // the message over it is a protocol violation on its channel.
     let tag = |id: u64| {
-        ciborium::Value::Tag(libchan::TAG_BYTE_STREAM, Box::new(ciborium::Value::Integer(id.into())))
+        ciborium::Value::Tag(
+            libchan::TAG_BYTE_STREAM,
+            Box::new(ciborium::Value::Integer(id.into())),
+        )
     };
     for batch in 0..2u64 {
         let refs: Vec<_> = (0..40).map(|i| tag(1001 + 2 * (40 * batch + i))).collect();
