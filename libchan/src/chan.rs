@@ -16,8 +16,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::context::{self, DecodeState, EncodeState, Export};
-use crate::framed::{write_frame, FrameReader};
-use crate::proto::{frame, Accept, CloseErr, Code, Direction, FrameType, Kind};
+use crate::framed::{write_frame, FrameReader, ReadError};
+use crate::proto::{frame, Accept, CloseErr, Code, Direction, FrameError, FrameType, Kind};
 use crate::session::{PendingStream, SessionInner};
 use crate::transport::{BoxRead, BoxWrite, RawStream};
 use crate::{Limits, RecvError, SendError, SendFailure, TAG_RECEIVER, TAG_SENDER};
@@ -130,6 +130,7 @@ impl<T: Message> Sender<T> {
             state: Mutex::new(SendState {
                 buf: BytesMut::new(),
                 closed: false,
+                refused: None,
                 finish: None,
                 inline: write.is_some(),
             }),
@@ -139,7 +140,8 @@ impl<T: Message> Sender<T> {
             status,
             handles: AtomicUsize::new(1),
         });
-        tokio::spawn(write_loop(shared.clone(), stream, expect_accept));
+        let in_flight = shared.session.in_flight();
+        tokio::spawn(write_loop(shared.clone(), stream, expect_accept, in_flight));
         Self { inner: SenderInner::Net(shared, PhantomData) }
     }
 
@@ -320,6 +322,8 @@ struct SendState {
     buf: BytesMut,
     /// The receiver is gone or the stream failed: sends fail with `Closed`.
     closed: bool,
+    /// The receiver refused the channel or a message: sends fail with this code and text.
+    refused: Option<(Code, String)>,
     /// Set once the last handle is gone: end the channel, with this error if any.
     finish: Option<Option<CloseErr>>,
     /// The writer task is waiting with an empty buffer: the next send may write itself,
@@ -345,8 +349,16 @@ impl SendShared {
     }
 
     fn mark_closed(&self) {
+        self.mark_refused(None);
+    }
+
+    /// As [`mark_closed`](Self::mark_closed), with the code and text the receiver gave.
+    fn mark_refused(&self, refusal: Option<(Code, String)>) {
         let mut state = lock(&self.state);
         state.closed = true;
+        if state.refused.is_none() {
+            state.refused = refusal;
+        }
         state.buf = BytesMut::new();
         drop(state);
         self.space.notify_waiters();
@@ -361,7 +373,10 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
         space.as_mut().enable();
         {
             let mut state = lock(&shared.state);
-            if state.closed || state.finish.is_some() || shared.session.is_closed() {
+            if let Some((code, message)) = state.refused.clone() {
+                return Err(SendError::new(value, SendFailure::Refused { code, message }));
+            }
+            if state.closed || state.finish.is_some() || shared.session.is_closing() {
                 return Err(SendError::new(value, SendFailure::Closed));
             }
             if state.buf.len() < limit {
@@ -424,6 +439,12 @@ fn encode_into<T: Serialize>(
     if len > limits.max_message_len {
         return fail(buf, SendFailure::TooLarge { len, limit: limits.max_message_len });
     }
+    // PROTOCOL.md §7.1: the receiver refuses deeper nesting; refuse it here, nothing sent.
+    if crate::proto::depth::cbor_depth(&buf[start + frame::HEADER_LEN..], limits.max_depth)
+        .is_none()
+    {
+        return fail(buf, SendFailure::TooDeep { limit: limits.max_depth });
+    }
     if state.exports.len() > limits.max_refs_per_message {
         let count = state.exports.len();
         return fail(buf, SendFailure::TooManyRefs { count, limit: limits.max_refs_per_message });
@@ -433,8 +454,17 @@ fn encode_into<T: Serialize>(
 }
 
 /// Writes a session sender's buffer to its stream, coalescing whatever was queued meanwhile
-/// into one write, and watches the other direction for ACCEPT and RECV_CLOSED.
-async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bool) {
+/// into one write, and watches the other direction for ACCEPT and RECV_CLOSED. A clean
+/// session close ends the channel as if the last handle was dropped. After its FIN the task
+/// waits (at most `drain_timeout`) for the receiver's end of the stream: until then the
+/// messages count as in flight for a clean close (PROTOCOL.md §6.1).
+async fn write_loop(
+    shared: Arc<SendShared>,
+    stream: Arriving,
+    expect_accept: bool,
+    in_flight: crate::session::InFlight,
+) {
+    let mut draining = shared.session.draining();
     let (read, _permit) = match stream {
         Arriving::Here(read, permit) => (read, permit),
         Arriving::Later(pending) => match pending.resolve().await {
@@ -454,12 +484,17 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
         reader: FrameReader::new(read, shared.session.decoder()),
         open: true,
         accept_pending: expect_accept,
+        refusal: None,
     };
     let error = loop {
+        let drain = *draining.borrow_and_update();
         let batch = {
             let mut state = lock(&shared.state);
             if state.closed {
                 break None;
+            }
+            if drain && state.finish.is_none() {
+                state.finish = Some(None);
             }
             if !state.buf.is_empty() {
                 state.inline = false;
@@ -474,7 +509,8 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
         let Some(batch) = batch else {
             tokio::select! {
                 () = shared.wake.notified() => {}
-                gone = control.next(), if control.open => if gone { shared.mark_closed() },
+                gone = control.next(), if control.open => if gone { shared.mark_refused(control.refusal.take()) },
+                _ = draining.changed(), if !drain => {}
             }
             continue;
         };
@@ -485,7 +521,7 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
         let written = loop {
             tokio::select! {
                 biased;
-                gone = control.next(), if control.open => if gone { shared.mark_closed() },
+                gone = control.next(), if control.open => if gone { shared.mark_refused(control.refusal.take()) },
                 result = &mut writing => break result,
             }
         };
@@ -500,6 +536,16 @@ async fn write_loop(shared: Arc<SendShared>, stream: Arriving, expect_accept: bo
     }
     let _ = write.shutdown().await;
     shared.status.send_modify(|s| s.finished = true);
+    drop(write);
+    // The receiver ends its direction once it has read everything (or went away).
+    let timeout = shared.session.limits.drain_timeout;
+    let _ = tokio::time::timeout(timeout, async {
+        while control.open {
+            control.next().await;
+        }
+    })
+    .await;
+    drop(in_flight);
 }
 
 /// A sender's stream: here (its write half already with the sender), or still to come.
@@ -512,6 +558,8 @@ struct Control {
     reader: FrameReader<BoxRead>,
     open: bool,
     accept_pending: bool,
+    /// Why the receiving end refused the channel (ACCEPT) or a message (CLOSE_ERR).
+    refusal: Option<(Code, String)>,
 }
 
 impl Control {
@@ -524,6 +572,7 @@ impl Control {
                     Ok(accept) if accept.status == Code::Ok => false,
                     Ok(accept) => {
                         tracing::debug!(status = %accept.status, error = ?accept.error, "channel refused");
+                        self.refusal = Some((accept.status, accept.error.unwrap_or_default()));
                         self.open = false;
                         true
                     }
@@ -534,6 +583,14 @@ impl Control {
                 }
             }
             Ok(Some((FrameType::RecvClosed, _))) => {
+                self.open = false;
+                true
+            }
+            // PROTOCOL.md §5.5: a receiver that refuses a message says why.
+            Ok(Some((FrameType::CloseErr, payload))) => {
+                if let Ok(close) = CloseErr::decode(&payload) {
+                    self.refusal = Some((close.code, close.message));
+                }
                 self.open = false;
                 true
             }
@@ -727,8 +784,13 @@ impl NetReceiver {
             return Poll::Ready(Ok(None));
         };
         let decoded = decode::<T>(&self.session, self.ref_id, &payload);
-        if let Err(RecvError::Protocol(_)) = &decoded {
-            self.stop(true);
+        match &decoded {
+            // PROTOCOL.md §7.1: the sender learns that its encoder is broken.
+            Err(RecvError::Protocol(why)) if why.starts_with(MALFORMED) => {
+                self.stop_with(Some(CloseErr { code: Code::Decode, message: why.clone() }));
+            }
+            Err(RecvError::Protocol(_)) => self.stop(true),
+            _ => {}
         }
         Poll::Ready(decoded.map(Some))
     }
@@ -780,6 +842,21 @@ impl NetReceiver {
                             "unexpected {ty:?} frame on a channel"
                         ))),
                         Ok(None) => Ok(None),
+                        // PROTOCOL.md §9: the sender learns the limit its message broke.
+                        Err(ReadError::Frame(FrameError::TooLarge {
+                            ty: FrameType::Msg,
+                            len,
+                            ..
+                        })) => {
+                            let limit = self.session.limits.max_message_len;
+                            let message = format!(
+                                "message of {} bytes exceeds the limit of {limit}",
+                                len - 1
+                            );
+                            let close = CloseErr { code: Code::TooLarge, message: message.clone() };
+                            self.stop_with(Some(close));
+                            return Poll::Ready(Err(RecvError::Protocol(message)));
+                        }
                         Err(e) => Err(e.into()),
                     };
                     self.stop(result.is_err());
@@ -792,6 +869,20 @@ impl NetReceiver {
 
     /// Ends our side of the stream; `tell` sends RECV_CLOSED first, so the sender stops.
     fn stop(&mut self, tell: bool) {
+        if tell {
+            self.stop_with(None);
+        } else {
+            self.end(None);
+        }
+    }
+
+    /// Ends our side of the stream telling the sender to stop: with CLOSE_ERR carrying the
+    /// code when there is one, else RECV_CLOSED.
+    fn stop_with(&mut self, close: Option<CloseErr>) {
+        self.end(Some(close));
+    }
+
+    fn end(&mut self, tell: Option<Option<CloseErr>>) {
         let NetState::Ready { reader, mut write, permit } =
             std::mem::replace(&mut self.state, NetState::Done)
         else {
@@ -799,8 +890,14 @@ impl NetReceiver {
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            if tell {
-                let _ = write_frame(&mut write, FrameType::RecvClosed, &[]).await;
+            match tell {
+                Some(Some(close)) => {
+                    let _ = write_frame(&mut write, FrameType::CloseErr, &close.encode()).await;
+                }
+                Some(None) => {
+                    let _ = write_frame(&mut write, FrameType::RecvClosed, &[]).await;
+                }
+                None => {}
             }
             let _ = write.shutdown().await;
             drop((reader, permit));
@@ -832,6 +929,12 @@ pub(crate) fn decode<T: Message>(
         ciborium::de::Error::RecursionLimitExceeded => {
             RecvError::Protocol(format!("message nested deeper than the limit of {depth}"))
         }
+        // Not well-formed CBOR (or cut short): the sender's encoder is broken, not a type
+        // that differs from ours, so the channel ends (PROTOCOL.md §7.1).
+        ciborium::de::Error::Syntax(offset) => {
+            RecvError::Protocol(format!("{MALFORMED} at byte {offset}"))
+        }
+        ciborium::de::Error::Io(_) => RecvError::Protocol(format!("{MALFORMED}: item cut short")),
         other => RecvError::Decode(other.to_string()),
     })?;
     if !rest.is_empty() {
@@ -856,3 +959,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; carry on with it.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// How a message that is not well-formed CBOR is reported (to the receiver, and to the
+/// sender in CLOSE_ERR DECODE).
+const MALFORMED: &str = "malformed CBOR";

@@ -41,6 +41,10 @@ pub struct Limits {
     /// A session that hears nothing from its peer's control stream for this long is closed.
     /// Default: 20 s. Must be larger than the peer's heartbeat interval.
     pub idle_timeout: Duration,
+    /// Longest a clean [`Session::close`](crate::Session::close) waits for the peer to read
+    /// what this side sent, and longest a finished sender stream waits for the peer's end of
+    /// it (holding its stream slot) outside a close. Default: 10 s.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             open_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -39,6 +39,21 @@ pub enum SendFailure {
         /// Streams this side may have open.
         limit: usize,
     },
+    /// The encoded message nests arrays, maps and tags deeper than the session's limit.
+    #[error("message nested deeper than the limit of {limit}")]
+    TooDeep {
+        /// The limit (`Limits::max_depth`).
+        limit: usize,
+    },
+    /// The receiver ended the channel with a code: it refused the channel (ACCEPT), or it
+    /// refused a message (CLOSE_ERR), such as one over its size limit.
+    #[error("channel closed by the receiver with {code}: {message}")]
+    Refused {
+        /// The receiver's code.
+        code: Code,
+        /// The receiver's text.
+        message: String,
+    },
     /// The value cannot be encoded as CBOR.
     #[error("cannot encode message: {0}")]
     Encode(String),
@@ -61,7 +76,7 @@ impl<T> SendError<T> {
 
     /// Whether the channel is closed for good (retrying on it is pointless).
     pub fn is_closed(&self) -> bool {
-        self.reason == SendFailure::Closed
+        matches!(self.reason, SendFailure::Closed | SendFailure::Refused { .. })
     }
 }
 

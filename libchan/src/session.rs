@@ -56,6 +56,15 @@ pub(crate) struct SessionInner {
     rendezvous: Mutex<Rendezvous>,
     /// This side's control stream, once open: heartbeats, then the closing CLOSE_ERR.
     control: tokio::sync::Mutex<Option<BoxWrite>>,
+    /// Set once the peer's control stream arrived; until then the idle timer runs on it.
+    control_seen: watch::Sender<bool>,
+    /// Peer reference ids already used, so a reuse is refused at once (PROTOCOL.md §6.2).
+    retired: Mutex<Retired>,
+    /// Set when a clean close starts: senders finish their streams, new sends and opens fail.
+    draining: watch::Sender<bool>,
+    /// Sender streams whose messages the peer has not yet read to the end (or refused), and
+    /// handle streams still being opened: what a clean close waits for.
+    in_flight: watch::Sender<usize>,
     closed: watch::Sender<Option<String>>,
     peer: String,
     peer_name: Option<String>,
@@ -87,6 +96,10 @@ impl Session {
             outbound: Arc::new(Semaphore::new(per_side)),
             rendezvous: Mutex::new(Rendezvous::default()),
             control: tokio::sync::Mutex::new(None),
+            draining: watch::channel(false).0,
+            control_seen: watch::channel(false).0,
+            retired: Mutex::new(Retired::default()),
+            in_flight: watch::channel(0).0,
             closed,
             peer: peer.addr,
             peer_name: peer.name,
@@ -96,6 +109,7 @@ impl Session {
         tokio::spawn(serve_inbound(weak.clone(), inbound, accept_tx, per_side));
         tokio::spawn(heartbeat(inner.clone(), weak.clone()));
         tokio::spawn(expire_pending(weak.clone()));
+        tokio::spawn(await_control(weak.clone()));
         tokio::spawn(async move {
             let reason = done.await.unwrap_or_else(|_| "connection driver stopped".into());
             if let Some(inner) = weak.upgrade() {
@@ -116,6 +130,9 @@ impl Session {
         let inner = &self.inner;
         if let Some(reason) = inner.closed.borrow().clone() {
             return Err(OpenError::SessionClosed(reason));
+        }
+        if *inner.draining.borrow() {
+            return Err(OpenError::SessionClosed("session is closing".into()));
         }
         let permit = inner
             .outbound
@@ -189,9 +206,18 @@ impl Session {
         }
     }
 
-    /// Closes the session: the peer learns the code and reason on the control stream, then
-    /// the connection closes and every channel on it ends.
+    /// Closes the session cleanly: every message whose `send` returned `Ok` before this call
+    /// reaches the peer first. Sends and opens fail from now on; every channel this side
+    /// sends on ends (FIN after its queued messages) and the close waits, at most
+    /// [`Limits::drain_timeout`], until the peer has read each one to its end or dropped its
+    /// receiver. Then the peer learns the code and reason on the control stream, the
+    /// connection closes and every channel on it ends. PROTOCOL.md §6.1.
+    ///
+    /// # Cancel safety
+    /// Dropping the future during the drain leaves the session draining: sends keep failing
+    /// and the connection stays up until it is closed again or dropped.
     pub async fn close(&self, code: Code, reason: &str) {
+        self.inner.drain().await;
         self.inner.close(code, reason).await;
     }
 }
@@ -219,6 +245,49 @@ impl SessionInner {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.borrow().is_some()
+    }
+
+    /// Closed, or draining for a clean close: nothing new may be sent.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.draining.borrow() || self.is_closed()
+    }
+
+    /// Watches for the start of a clean close.
+    pub(crate) fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Counts a stream a clean close must wait for, until the guard is dropped.
+    pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight { session: Arc::downgrade(self) }
+    }
+
+    /// Starts a clean close and waits until every sender stream was read to its end by the
+    /// peer (or refused), for at most `drain_timeout`.
+    async fn drain(&self) {
+        if self.is_closed() {
+            return;
+        }
+        self.draining.send_replace(true);
+        let mut in_flight = self.in_flight.subscribe();
+        let mut closed = self.closed.subscribe();
+        let drained = tokio::time::timeout(self.limits.drain_timeout, async {
+            tokio::select! {
+                _ = in_flight.wait_for(|n| *n == 0) => {}
+                _ = closed.wait_for(Option::is_some) => {}
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let left = *self.in_flight.borrow();
+            tracing::warn!(
+                peer = %self.peer,
+                left,
+                seconds = self.limits.drain_timeout.as_secs_f64(),
+                "closing before the peer read every channel"
+            );
+        }
     }
 
     fn mark_closed(&self, reason: String) {
@@ -258,7 +327,7 @@ impl SessionInner {
         if exports.is_empty() {
             return Ok(());
         }
-        if self.is_closed() {
+        if self.is_closing() {
             return Err(crate::SendFailure::Closed);
         }
         let mut permits = Vec::with_capacity(exports.len());
@@ -286,6 +355,7 @@ impl SessionInner {
                     open.advance(n);
                 }
             }
+            let in_flight = self.in_flight();
             tokio::spawn(async move {
                 let opened = match opened {
                     Some(stream) => Ok(stream),
@@ -302,7 +372,13 @@ impl SessionInner {
                 if stream.write.write_all(&open).await.is_err() {
                     return;
                 }
-                (export.start)(session, export.open.ref_id, stream).await;
+                // The handle's own stream counts for the drain from its first poll on.
+                let mut start = (export.start)(session, export.open.ref_id, stream);
+                let first = futures::poll!(start.as_mut());
+                drop(in_flight);
+                if first.is_pending() {
+                    start.await;
+                }
             });
         }
         Ok(())
@@ -319,10 +395,17 @@ impl SessionInner {
         if ref_id % 2 == self.parity {
             return Err(format!("reference {ref_id} has this side's parity"));
         }
+        if ref_id == 0 {
+            return Err("reference 0 is reserved".into());
+        }
+        if lock(&self.retired).contains(ref_id) {
+            return Err(format!("reference {ref_id} was already used"));
+        }
         let mut table = lock(&self.rendezvous);
         let expect = Expect { parent, kind, direction };
         match table.entries.remove(&ref_id) {
             Some(Entry::Arrived { open, stream, .. }) => {
+                lock(&self.retired).insert(ref_id);
                 expect.check(&open)?;
                 Ok(PendingStream::Ready(stream))
             }
@@ -369,6 +452,7 @@ impl SessionInner {
         let mut table = lock(&self.rendezvous);
         match table.entries.remove(&open.ref_id) {
             Some(Entry::Awaited { expect, tx, .. }) => {
+                lock(&self.retired).insert(open.ref_id);
                 let result = expect.check(&open).map(|()| stream);
                 let error = result.as_ref().err().cloned();
                 let _ = tx.send(result);
@@ -398,9 +482,48 @@ impl SessionInner {
     }
 }
 
+/// Keeps a clean close waiting while it lives (see [`SessionInner::in_flight`]).
+pub(crate) struct InFlight {
+    session: Weak<SessionInner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.upgrade() {
+            session.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
 impl Drop for SessionInner {
     fn drop(&mut self) {
         self.mux.close(Code::Ok, "session closed");
+    }
+}
+
+/// The most recent peer reference ids used (claimed, accepted, expired), kept to refuse a
+/// reuse at once. Bounded: the oldest are forgotten past `RETIRED_KEPT`; the peer's ids are
+/// unique, so this only shortens how long a misbehaving peer is caught.
+#[derive(Default)]
+struct Retired {
+    ids: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Retired {
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RETIRED_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
     }
 }
 
@@ -515,8 +638,18 @@ async fn route(
         let why = format!("reference {} has the acceptor's parity", open.ref_id);
         return refuse(stream, Code::Protocol, &why, &inner).await;
     }
+    // PROTOCOL.md §6.2: 0 is reserved, and an id is used once.
+    if open.ref_id == 0 && open.kind != Kind::Control {
+        let why = "reference 0 is reserved";
+        return refuse(stream, Code::Protocol, why, &inner).await;
+    }
+    if open.kind != Kind::Control && lock(&inner.retired).contains(open.ref_id) {
+        let why = format!("reference {} was already used", open.ref_id);
+        return refuse(stream, Code::Protocol, &why, &inner).await;
+    }
     match open.kind {
         Kind::Control => {
+            inner.control_seen.send_replace(true);
             let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
             tokio::spawn(watch_control(inner, stream));
         }
@@ -533,6 +666,7 @@ async fn route(
             // An opener that already sent everything and closed may have stopped reading
             // (QUIC's STOP_SENDING): the ACCEPT is then lost, but what it sent is not.
             let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
+            lock(&inner.retired).insert(open.ref_id);
             slot.send((open, stream));
         }
         _ => {
@@ -573,8 +707,12 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
                 Err(e) => format!("peer closed with a malformed CLOSE_ERR: {e}"),
             },
             Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
-            Ok(Ok(None)) => return,
-            Ok(Err(_)) => return,
+            // PROTOCOL.md §6.1: the control stream lives as long as the session.
+            Ok(Ok(None)) => "peer ended its control stream without CLOSE_ERR".to_string(),
+            Ok(Err(e)) => {
+                let e = crate::RecvError::from(e);
+                format!("control stream failed: {e}")
+            }
             Err(_) => {
                 let reason = format!("no heartbeat from peer for {:.1} s", idle.as_secs_f64());
                 tracing::warn!(peer = %inner.peer, %reason, "closing idle session");
@@ -620,6 +758,26 @@ async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {
     }
 }
 
+/// Closes the session when the peer's control stream has not arrived within `idle_timeout`:
+/// the idle timer of §6.1 runs from the start of the session, not only once the stream is
+/// here.
+async fn await_control(session: Weak<SessionInner>) {
+    let (mut seen, idle) = match session.upgrade() {
+        Some(inner) => (inner.control_seen.subscribe(), inner.limits.idle_timeout),
+        None => return,
+    };
+    if tokio::time::timeout(idle, seen.wait_for(|seen| *seen)).await.is_ok() {
+        return;
+    }
+    let Some(inner) = session.upgrade() else { return };
+    if inner.is_closed() {
+        return;
+    }
+    let reason = format!("no control stream from peer within {:.1} s", idle.as_secs_f64());
+    tracing::warn!(peer = %inner.peer, %reason, "closing idle session");
+    inner.close(Code::IdleTimeout, &reason).await;
+}
+
 /// Drops pending references older than their TTL: parked streams are reset, waiting handles
 /// get an error.
 async fn expire_pending(session: Weak<SessionInner>) {
@@ -641,6 +799,7 @@ async fn expire_pending(session: Weak<SessionInner>) {
             .collect();
         for (ref_id, entry) in expired {
             tracing::warn!(peer = %inner.peer, ref_id, "reference not paired within its TTL");
+            lock(&inner.retired).insert(ref_id);
             if let Entry::Awaited { tx, .. } = entry {
                 let ttl = inner.limits.pending_ref_ttl.as_secs_f64();
                 let _ = tx.send(Err(format!(
@@ -653,3 +812,5 @@ async fn expire_pending(session: Weak<SessionInner>) {
 
 /// How long a closing session waits to write its CLOSE_ERR.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peer reference ids remembered as used: 16 bytes of memory or so each, 1 MiB at most.
+const RETIRED_KEPT: usize = 65_536;

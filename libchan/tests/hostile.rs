@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use libchan::proto::{frame, Accept, Code, Direction, FrameType, Kind, Open};
+use libchan::proto::{frame, Accept, CloseErr, Code, Direction, FrameType, Kind, Open};
 use libchan::raw::{BoxRead, BoxWrite, RawYamux};
-use libchan::{Limits, RecvError, Sender, Session, PREAMBLE};
+use libchan::{Limits, RecvError, SendFailure, Sender, Session, Value, PREAMBLE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -72,11 +72,41 @@ async fn oversized_length_prefix_is_refused_before_allocating() {
     still_serving(&session, &peer, 3).await;
 }
 
+/// Reads one frame from a raw stream half.
+async fn read_frame(r: &mut BoxRead) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 5];
+    within(r.read_exact(&mut header)).await.unwrap();
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut payload = vec![0; len - 1];
+    within(r.read_exact(&mut payload)).await.unwrap();
+    (header[4], payload)
+}
+
+/// Not well-formed CBOR means the peer's encoder is broken: the receiver gets an error for
+/// that message, the channel ends, and the sender learns why (CLOSE_ERR DECODE).
 #[tokio::test]
-async fn malformed_cbor_fails_one_message_and_the_channel_goes_on() {
+async fn malformed_cbor_ends_the_channel_with_decode() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (mut r, mut w) = raw_channel(&peer, 1).await;
+    w.write_all(&frame_bytes(FrameType::Msg, &[0x1c])).await.unwrap();
+    let mut rx = within(session.accept::<u32>()).await.unwrap();
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("malformed CBOR")), "{err}");
+    assert_eq!(read_frame(&mut r).await.0, FrameType::Accept as u8);
+    let (ty, payload) = read_frame(&mut r).await;
+    assert_eq!(ty, FrameType::CloseErr as u8);
+    let close = CloseErr::decode(&payload).unwrap();
+    assert_eq!(close.code, Code::Decode);
+    assert!(close.message.contains("malformed CBOR"), "{}", close.message);
+    still_serving(&session, &peer, 3).await;
+}
+
+/// Well-formed CBOR of another shape than the receiver's type fails that message only.
+#[tokio::test]
+async fn message_of_the_wrong_shape_fails_one_message_and_the_channel_goes_on() {
     let (session, peer) = hostile_pair(Limits::default()).await;
     let (_r, mut w) = raw_channel(&peer, 1).await;
-    w.write_all(&frame_bytes(FrameType::Msg, &[0xff, 0x00])).await.unwrap();
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&"not a number"))).await.unwrap();
     w.write_all(&frame_bytes(FrameType::Msg, &cbor(&7u32))).await.unwrap();
     let mut rx = within(session.accept::<u32>()).await.unwrap();
     let err = within(rx.recv()).await.unwrap_err();
@@ -289,4 +319,214 @@ async fn streams_beyond_the_peer_share_are_refused_and_the_session_survives() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_serving(&session, &peer, 101).await;
     assert!(session.close_reason().is_none(), "{:?}", session.close_reason());
+}
+
+/// A libchan dialer session, and a hand-driven yamux listener on the other side.
+async fn hostile_listener_pair(limits: Limits) -> (Session, RawYamux) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = TcpStream::connect(addr).await.unwrap();
+    let (mut peer, _) = listener.accept().await.unwrap();
+    let session = tokio::spawn(Session::over(client, true, limits, "hostile".into()));
+    peer.write_all(PREAMBLE).await.unwrap();
+    let mut theirs = [0u8; 8];
+    peer.read_exact(&mut theirs).await.unwrap();
+    let session = session.await.unwrap().unwrap();
+    (session, RawYamux::start(peer, false))
+}
+
+#[tokio::test]
+async fn reference_zero_from_the_listener_is_refused() {
+    let (session, peer) = hostile_listener_pair(Limits::default()).await;
+    // 0 has the listener's parity (even) but is reserved.
+    let (mut r, mut w) = peer.open().await.unwrap();
+    w.write_all(&open_frame(0, 0, Kind::Channel, Direction::OpenerSends)).await.unwrap();
+    let (ty, payload) = read_frame(&mut r).await;
+    assert_eq!(ty, FrameType::Accept as u8);
+    let accept = Accept::decode(&payload).unwrap();
+    assert_eq!(accept.status, Code::Protocol, "{accept:?}");
+    assert!(accept.error.unwrap_or_default().contains("reserved"));
+    // An even id is fine.
+    still_serving(&session, &peer, 2).await;
+}
+
+#[tokio::test]
+async fn reuse_of_a_claimed_reference_is_refused_at_once() {
+    let mut limits = Limits::default();
+    limits.pending_ref_ttl = Duration::from_secs(120);
+    let (session, peer) = hostile_pair(limits).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let (_nr, mut nw) = peer.open().await.unwrap();
+    nw.write_all(&open_frame(3, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let tag =
+        ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(ciborium::Value::Integer(3.into())));
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
+    let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
+    let _sender = within(rx.recv()).await.unwrap().unwrap();
+    // A second stream with the same id is refused at once, not parked for the TTL.
+    let (mut again_r, mut again_w) = peer.open().await.unwrap();
+    again_w.write_all(&open_frame(3, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let (_, payload) = read_frame(&mut again_r).await;
+    let accept = Accept::decode(&payload).unwrap();
+    assert_eq!(accept.status, Code::Protocol, "{accept:?}");
+    assert!(accept.error.unwrap_or_default().contains("already used"));
+    // A second message naming it fails at once too, not after the 120 s TTL.
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&tag))).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the reuse must be caught at once, not after the TTL")
+        .unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("already used")), "{err}");
+    still_serving(&session, &peer, 5).await;
+}
+
+#[tokio::test]
+async fn a_session_whose_peer_never_opens_its_control_stream_times_out() {
+    let mut limits = Limits::default();
+    limits.heartbeat_interval = Duration::from_millis(200);
+    limits.idle_timeout = Duration::from_millis(800);
+    let (session, _peer) = hostile_pair(limits).await;
+    let reason = within(session.closed()).await;
+    assert!(reason.contains("no control stream"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_control_stream_that_ends_without_close_err_closes_the_session() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (mut r, mut w) = peer.open().await.unwrap();
+    w.write_all(&open_frame(0, 0, Kind::Control, Direction::OpenerSends)).await.unwrap();
+    assert_eq!(read_frame(&mut r).await.0, FrameType::Accept as u8);
+    w.write_all(&frame_bytes(FrameType::Ping, &[])).await.unwrap();
+    w.shutdown().await.unwrap();
+    let reason = within(session.closed()).await;
+    assert!(reason.contains("control stream"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_message_on_the_control_stream_closes_the_session() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (mut r, mut w) = peer.open().await.unwrap();
+    w.write_all(&open_frame(0, 0, Kind::Control, Direction::OpenerSends)).await.unwrap();
+    assert_eq!(read_frame(&mut r).await.0, FrameType::Accept as u8);
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&1u32))).await.unwrap();
+    let reason = within(session.closed()).await;
+    assert!(reason.contains("protocol violation"), "{reason}");
+}
+
+/// Frames a channel's sending direction must not carry: each ends that channel as a
+/// protocol violation, and the session goes on.
+#[tokio::test]
+async fn frames_of_the_wrong_type_for_the_state_end_the_channel() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let open = open_frame(99, 0, Kind::Channel, Direction::OpenerSends);
+    let wrong = [
+        ("PING", frame_bytes(FrameType::Ping, &[])),
+        ("second OPEN", open),
+        ("ACCEPT from the opener", frame_bytes(FrameType::Accept, &Accept::ok().encode())),
+        ("RECV_CLOSED from the sender", frame_bytes(FrameType::RecvClosed, &[])),
+    ];
+    let mut held = Vec::new();
+    for (i, (what, frame)) in wrong.into_iter().enumerate() {
+        let (r, mut w) = raw_channel(&peer, 1 + 2 * i as u64).await;
+        w.write_all(&frame_bytes(FrameType::Msg, &cbor(&1u32))).await.unwrap();
+        w.write_all(&frame).await.unwrap();
+        let mut rx = within(session.accept::<u32>()).await.unwrap();
+        assert_eq!(within(rx.recv()).await.unwrap(), Some(1), "{what}: the message before");
+        let err = within(rx.recv()).await.unwrap_err();
+        assert!(
+            matches!(err, RecvError::Protocol(ref m) if m.contains("unexpected")),
+            "{what}: {err}"
+        );
+        held.push((r, w));
+    }
+    still_serving(&session, &peer, 101).await;
+}
+
+/// Two real sessions over TCP, the listener with `server` limits.
+async fn real_pair(server: Limits) -> (Session, Session) {
+    let listener = libchan::listen_with("tcp://127.0.0.1:0", server).await.unwrap();
+    let client = within(libchan::connect(listener.local_url())).await.unwrap();
+    (client, within(listener.accept()).await.unwrap())
+}
+
+#[tokio::test]
+async fn an_oversize_message_ends_the_channel_with_too_large_and_the_sender_learns_the_limit() {
+    let mut limits = Limits::default();
+    limits.max_message_len = 1000;
+    let (client, server) = real_pair(limits).await;
+    let tx = client.open::<Vec<u8>>().await.unwrap();
+    tx.send(vec![1; 10]).await.unwrap();
+    // Within the client's own (default) limit, over the server's.
+    tx.send(vec![2; 2000]).await.unwrap();
+    let mut rx = within(server.accept::<Vec<u8>>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap(), Some(vec![1; 10]));
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(err.to_string().contains("exceeds the limit of 1000"), "{err}");
+    within(tx.closed()).await;
+    let err = tx.send(vec![3]).await.unwrap_err();
+    match err.reason() {
+        SendFailure::Refused { code, message } => {
+            assert_eq!(*code, Code::TooLarge);
+            assert!(message.contains("limit of 1000"), "{message}");
+        }
+        other => panic!("expected a refusal naming the limit, got {other:?}"),
+    }
+    assert!(err.is_closed());
+}
+
+#[tokio::test]
+async fn a_refused_top_level_open_gives_the_opener_the_code() {
+    let mut limits = Limits::default();
+    limits.accept_queue = 1;
+    let (client, server) = real_pair(limits).await;
+    let first = client.open::<u32>().await.unwrap();
+    first.send(1).await.unwrap();
+    let second = client.open::<u32>().await.unwrap();
+    within(second.closed()).await;
+    let err = second.send(2).await.unwrap_err();
+    match err.reason() {
+        SendFailure::Refused { code, message } => {
+            assert_eq!(*code, Code::AcceptQueueFull);
+            assert!(message.contains("accept queue of 1 is full"), "{message}");
+        }
+        other => panic!("expected the ACCEPT refusal, got {other:?}"),
+    }
+    assert_eq!(err.into_inner(), 2);
+    let mut rx = within(server.accept::<u32>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap(), Some(1));
+}
+
+/// A value nested deeper than `max_depth` fails locally, comes back, and nothing is sent.
+#[tokio::test]
+async fn a_send_nested_deeper_than_the_limit_fails_locally() {
+    let mut limits = Limits::default();
+    limits.max_depth = 16;
+    let listener = libchan::listen_with("tcp://127.0.0.1:0", limits.clone()).await.unwrap();
+    let client = within(libchan::connect_with(listener.local_url(), limits)).await.unwrap();
+    let server = within(listener.accept()).await.unwrap();
+    let nested = |levels: usize| {
+        let mut v = ciborium::Value::Integer(levels.into());
+        for _ in 0..levels {
+            v = ciborium::Value::Array(vec![v]);
+        }
+        Value::new(v)
+    };
+    let tx = client.open::<Value>().await.unwrap();
+    tx.send(nested(15)).await.unwrap();
+    tx.send(nested(16)).await.unwrap();
+    let err = tx.send(nested(17)).await.unwrap_err();
+    assert_eq!(*err.reason(), SendFailure::TooDeep { limit: 16 });
+    assert!(err.to_string().contains("deeper than the limit of 16"), "{err}");
+    assert!(matches!(err.into_inner().data, ciborium::Value::Array(_)), "the value comes back");
+    tx.send(nested(1)).await.unwrap();
+    let mut rx = within(server.accept::<Value>()).await.unwrap();
+    for levels in [15, 16, 1] {
+        let mut got = within(rx.recv()).await.unwrap().unwrap().data;
+        let mut depth = 0;
+        while let ciborium::Value::Array(mut inner) = got {
+            got = inner.remove(0);
+            depth += 1;
+        }
+        assert_eq!(depth, levels, "nothing of the refused send went out");
+    }
 }

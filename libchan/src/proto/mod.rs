@@ -6,6 +6,7 @@
 
 pub mod code;
 pub mod control;
+pub mod depth;
 pub mod frame;
 
 pub use code::Code;

@@ -26,7 +26,7 @@ use crate::{ConnectError, Limits, Session};
 struct QuicMux {
     conn: quinn::Connection,
     /// Keeps a dialer's own endpoint (its UDP socket) open as long as the session.
-    _endpoint: Option<Endpoint>,
+    endpoint: Option<Endpoint>,
 }
 
 impl Mux for QuicMux {
@@ -47,6 +47,15 @@ impl Mux for QuicMux {
     fn close(&self, code: Code, reason: &str) {
         let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
         self.conn.close(VarInt::from_u32(code.to_u32()), reason);
+        // quinn sends CONNECTION_CLOSE from the endpoint's driver: a dialer's endpoint must
+        // outlive the session until it has gone out (quinn's Endpoint::wait_idle).
+        if let Some(endpoint) = self.endpoint.clone() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+                });
+            }
+        }
     }
 
     fn traffic(&self) -> super::traffic::Traffic {
@@ -206,7 +215,7 @@ fn start(
             }
         }
     });
-    let mux = QuicMux { conn, _endpoint: endpoint };
+    let mux = QuicMux { conn, endpoint: endpoint };
     Session::start(Box::new(mux), inbound_rx, done_rx, dialer, limits, PeerInfo { addr, name })
 }
 
@@ -276,5 +285,7 @@ const STREAM_MARGIN: usize = 64;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Connection receive window: the most a peer can make us buffer on one session.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Longest a closed dialer's endpoint stays up to send its CONNECTION_CLOSE.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// CONNECTION_CLOSE reasons must fit in a packet.
 const MAX_REASON: usize = 512;
