@@ -87,24 +87,8 @@ impl Session {
         peer: PeerInfo,
     ) -> Self {
         let per_side = limits.max_streams / 2;
-        let (closed, _) = watch::channel(None);
         let (accept_tx, accept_rx) = mpsc::channel(limits.accept_queue);
-        let inner = Arc::new(SessionInner {
-            mux,
-            parity: u64::from(dialer),
-            next_ref: AtomicU64::new(1),
-            outbound: Arc::new(Semaphore::new(per_side)),
-            rendezvous: Mutex::new(Rendezvous::default()),
-            control: tokio::sync::Mutex::new(None),
-            draining: watch::channel(false).0,
-            control_seen: watch::channel(false).0,
-            retired: Mutex::new(Retired::default()),
-            in_flight: watch::channel(0).0,
-            closed,
-            peer: peer.addr,
-            peer_name: peer.name,
-            limits,
-        });
+        let inner = SessionInner::new(mux, dialer, limits, peer);
         let weak = Arc::downgrade(&inner);
         tokio::spawn(serve_inbound(weak.clone(), inbound, accept_tx, per_side));
         tokio::spawn(heartbeat(inner.clone(), weak.clone()));
@@ -432,7 +416,11 @@ impl SessionInner {
     /// [`crate::fuzz_support`], which decodes messages through the same rendezvous table a
     /// connected session uses; a real session is made by [`Session::start`].
     pub(crate) fn detached(mux: Box<dyn Mux>, dialer: bool, limits: Limits) -> Arc<Self> {
-        let (closed, _) = watch::channel(None);
+        Self::new(mux, dialer, limits, PeerInfo { addr: "detached".into(), name: None })
+    }
+
+    /// The session's state, with no task started.
+    fn new(mux: Box<dyn Mux>, dialer: bool, limits: Limits, peer: PeerInfo) -> Arc<Self> {
         Arc::new(Self {
             mux,
             parity: u64::from(dialer),
@@ -440,9 +428,13 @@ impl SessionInner {
             outbound: Arc::new(Semaphore::new(limits.max_streams / 2)),
             rendezvous: Mutex::new(Rendezvous::default()),
             control: tokio::sync::Mutex::new(None),
-            closed,
-            peer: "detached".into(),
-            peer_name: None,
+            draining: watch::channel(false).0,
+            control_seen: watch::channel(false).0,
+            retired: Mutex::new(Retired::default()),
+            in_flight: watch::channel(0).0,
+            closed: watch::channel(None).0,
+            peer: peer.addr,
+            peer_name: peer.name,
             limits,
         })
     }
