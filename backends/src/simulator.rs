@@ -648,7 +648,7 @@ async fn logs(
     let (mut ours, theirs) = libchan::byte_pipe();
     request.reply(Message::ack().with_att(theirs)).await?;
     if ours.write_all(&view.render(&shown)).await.is_ok() && follow && life.running {
-        object.live.follow(end, life.runs, &view, &mut ours).await;
+        object.live.follow(end, life.runs, false, &view, &mut ours).await;
     }
     let _ = ours.shutdown().await;
     Ok(())
@@ -684,7 +684,7 @@ async fn attach_stream(
     let copy_out = async {
         let logged = !wants_logs || output.write_all(&view.render(&entries)).await.is_ok();
         if logged && wants_stream && !life.removed {
-            object.live.follow(end, exits, &view, &mut output).await;
+            object.live.follow(end, exits, true, &view, &mut output).await;
         }
         let _ = output.shutdown().await;
     };

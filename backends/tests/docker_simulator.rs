@@ -310,6 +310,37 @@ async fn run_i_feeds_stdin_and_run_rm_removes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_i_cat_passes_more_than_the_log_ring_holds_intact() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let front = Front::start(&["simulator"]).await;
+    // 4 MiB, four times the log ring: the attached reader must hold cat back, not lose lines.
+    let input: Vec<u8> = (0..65536u32).flat_map(|n| format!("{n:063}\n").into_bytes()).collect();
+    let mut child = tokio::process::Command::new(support::docker_cli())
+        .args(["-H", &front.host, "run", "-i", "--rm", "bb", "cat"])
+        .env("DOCKER_CONFIG", std::env::temp_dir().join("swarm-docker-cli-config"))
+        .env_remove("DOCKER_API_VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let feeding = {
+        let input = input.clone();
+        tokio::spawn(async move { stdin.write_all(&input).await.unwrap() })
+    };
+    let mut output = Vec::new();
+    let read = stdout.read_to_end(&mut output);
+    tokio::time::timeout(support::CLI_LIMIT, read).await.unwrap().unwrap();
+    feeding.await.unwrap();
+    let status = tokio::time::timeout(support::CLI_LIMIT, child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(output.len(), input.len());
+    assert!(output == input, "the output differs from the input");
+    front.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_keep_both_streams_with_tail_timestamps_and_follow() {
     let front = Front::start(&["simulator"]).await;
     let script = "echo one; echo two >&2; echo three";

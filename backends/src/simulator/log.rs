@@ -1,6 +1,6 @@
 //! What a simulated container's process wrote, and the lifecycle events its readers follow.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -16,6 +16,16 @@ pub(super) struct Live {
     /// Changes with every log append, start, exit and removal.
     pub events: watch::Sender<Life>,
     pub paused: watch::Sender<bool>,
+    /// The sequence number each attached reader reads next, by reader number.
+    readers: Mutex<Readers>,
+    /// Bumped whenever an attached reader moves on or leaves.
+    progress: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Readers {
+    next: u64,
+    at: HashMap<u64, u64>,
 }
 
 /// A container's lifecycle as its followers see it.
@@ -39,6 +49,8 @@ pub(super) struct Entry {
     pub stream: u8,
     pub time: OffsetDateTime,
     pub data: Bytes,
+    /// Bytes appended to the log before this entry.
+    offset: u64,
 }
 
 #[derive(Default)]
@@ -47,6 +59,24 @@ struct Ring {
     /// Sequence number of `entries[0]`.
     first: u64,
     bytes: usize,
+    /// Bytes ever appended.
+    total: u64,
+}
+
+impl Ring {
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// How far a reader at sequence number `at` is behind: entries and bytes.
+    fn lag(&self, at: u64) -> (u64, u64) {
+        let index = at.saturating_sub(self.first);
+        let offset = usize::try_from(index)
+            .ok()
+            .and_then(|index| self.entries.get(index))
+            .map_or(self.total, |entry| entry.offset);
+        (self.end().saturating_sub(at), self.total - offset.min(self.total))
+    }
 }
 
 impl Live {
@@ -55,6 +85,8 @@ impl Live {
             log: Mutex::new(Ring::default()),
             events: watch::Sender::new(Life::default()),
             paused: watch::Sender::new(false),
+            readers: Mutex::new(Readers::default()),
+            progress: watch::Sender::new(0),
         }
     }
 
@@ -71,12 +103,11 @@ impl Live {
             let mut ring = self.ring();
             for line in data.split_inclusive(|&b| b == b'\n') {
                 for piece in line.chunks(MAX_ENTRY) {
+                    let offset = ring.total;
                     ring.bytes += piece.len();
-                    ring.entries.push_back(Entry {
-                        stream,
-                        time,
-                        data: Bytes::copy_from_slice(piece),
-                    });
+                    ring.total += piece.len() as u64;
+                    let data = Bytes::copy_from_slice(piece);
+                    ring.entries.push_back(Entry { stream, time, data, offset });
                 }
             }
             while ring.entries.len() > MAX_LOG_ENTRIES || ring.bytes > MAX_LOG_BYTES {
@@ -84,9 +115,48 @@ impl Live {
                 ring.bytes -= old.data.len();
                 ring.first += 1;
             }
-            ring.first + ring.entries.len() as u64
+            ring.end()
         };
         self.events.send_modify(|life| life.written = written);
+    }
+
+    /// Waits until every attached reader is within [`MAX_LAG_ENTRIES`] and [`MAX_LAG_BYTES`]
+    /// of the end of the log: a process writes no faster than its attached clients read (as
+    /// with dockerd), and those never lose output to the ring's bounds.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(super) async fn caught_up(&self) {
+        let mut progress = self.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            let slowest = self.lock_readers().at.values().copied().min();
+            let Some(slowest) = slowest else { return };
+            let (entries, bytes) = self.ring().lag(slowest);
+            if entries <= MAX_LAG_ENTRIES && bytes <= MAX_LAG_BYTES as u64 {
+                return;
+            }
+            // Never fails: `self` holds the sender.
+            let _ = progress.changed().await;
+        }
+    }
+
+    fn lock_readers(&self) -> MutexGuard<'_, Readers> {
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers an attached reader at `cursor`; it leaves when the guard is dropped.
+    fn attach_reader(&self, cursor: u64) -> ReaderGuard<'_> {
+        let mut readers = self.lock_readers();
+        let number = readers.next;
+        readers.next += 1;
+        readers.at.insert(number, cursor);
+        ReaderGuard { live: self, number }
+    }
+
+    fn reader_at(&self, number: u64, cursor: u64) {
+        self.lock_readers().at.insert(number, cursor);
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Up to `max` entries from sequence number `from` on (or the oldest kept, if those were
@@ -103,12 +173,13 @@ impl Live {
     /// Every kept entry, and the sequence number after the last.
     pub(super) fn snapshot(&self) -> (Vec<Entry>, u64) {
         let ring = self.ring();
-        (ring.entries.iter().cloned().collect(), ring.first + ring.entries.len() as u64)
+        (ring.entries.iter().cloned().collect(), ring.end())
     }
 
     /// Writes the entries from `cursor` on to `out` as they come, until the container has
     /// exited `exits` times (or was removed) and everything before that was written, or the
-    /// reader goes away.
+    /// reader goes away. An `attached` reader holds the process back (see
+    /// [`Live::caught_up`]); a `docker logs -f` reader does not.
     ///
     /// # Cancel safety
     /// Dropping the future stops the copy; what was written stays written.
@@ -116,9 +187,11 @@ impl Live {
         &self,
         mut cursor: u64,
         exits: u64,
+        attached: bool,
         view: &View,
         out: &mut W,
     ) {
+        let guard = attached.then(|| self.attach_reader(cursor));
         let mut events = self.events.subscribe();
         loop {
             // Look at the events before the ring, so an append after the read wakes us.
@@ -129,12 +202,28 @@ impl Live {
                 if out.write_all(&view.render(&entries)).await.is_err() {
                     return;
                 }
+                if let Some(guard) = &guard {
+                    self.reader_at(guard.number, cursor);
+                }
                 continue;
             }
             if life.exits >= exits || life.removed || events.changed().await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// An attached reader's place in [`Live::readers`]; dropping it lets the process go on.
+struct ReaderGuard<'a> {
+    live: &'a Live,
+    number: u64,
+}
+
+impl Drop for ReaderGuard<'_> {
+    fn drop(&mut self) {
+        self.live.lock_readers().at.remove(&self.number);
+        self.live.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -221,6 +310,11 @@ pub(super) const MAX_LOG_ENTRIES: usize = 10_000;
 pub(super) const MAX_LOG_BYTES: usize = 1 << 20;
 /// Largest entry; a longer line is split, as Docker's log driver splits at 16 KiB.
 const MAX_ENTRY: usize = 16 * 1024;
+/// How far, in entries, an attached reader may fall behind before the process waits for it;
+/// well within `MAX_LOG_ENTRIES`, so it loses nothing to the ring.
+const MAX_LAG_ENTRIES: u64 = 2048;
+/// How far, in bytes, an attached reader may fall behind; well within `MAX_LOG_BYTES`.
+const MAX_LAG_BYTES: usize = 256 * 1024;
 /// Entries a follower copies per lock of the ring.
 const FOLLOW_BATCH: usize = 256;
 
@@ -253,6 +347,52 @@ mod tests {
         let (entries, _) = live.snapshot();
         assert_eq!(entries.iter().map(|e| e.data.len()).sum::<usize>(), MAX_LOG_BYTES);
         assert_eq!(entries.len(), MAX_LOG_BYTES / MAX_ENTRY);
+    }
+
+    #[tokio::test]
+    async fn an_attached_reader_holds_the_writer_back_and_loses_nothing() {
+        let live = std::sync::Arc::new(Live::new());
+        let view = View {
+            stdout: true,
+            stderr: true,
+            raw: true,
+            timestamps: false,
+            since: None,
+            until: None,
+        };
+        let (mut writer, mut reader) = tokio::io::duplex(4096);
+        let follower = {
+            let live = live.clone();
+            tokio::spawn(async move { live.follow(0, 1, true, &view, &mut writer).await })
+        };
+        // Wait for the reader to register, so the writer is held back from its first line.
+        for _ in 0..100_000 {
+            if !live.lock_readers().at.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(live.lock_readers().at.len(), 1, "the reader registered");
+        // Four times the ring's byte bound: without the wait the reader would lose most.
+        let line = [b'z'; 1023].iter().copied().chain([b'\n']).collect::<Vec<u8>>();
+        let lines = 4 * MAX_LOG_BYTES / line.len();
+        let writing = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                for _ in 0..lines {
+                    live.append(STDOUT, &line);
+                    live.caught_up().await;
+                }
+                live.events.send_modify(|life| life.exits = 1);
+            })
+        };
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut got).await.unwrap();
+        writing.await.unwrap();
+        follower.await.unwrap();
+        assert_eq!(got.len(), lines * 1024);
+        assert!(got.chunks(1024).all(|chunk| chunk[1023] == b'\n' && chunk[0] == b'z'));
+        assert!(live.lock_readers().at.is_empty(), "the reader left when it ended");
     }
 
     #[test]

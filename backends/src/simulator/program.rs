@@ -97,7 +97,10 @@ impl Io {
         self.resume().await;
         let (stream, data) = if self.tty { (STDOUT, crlf(data)) } else { (stream, data.to_vec()) };
         match &mut self.out {
-            Output::Log(live) => live.append(stream, &data),
+            Output::Log(live) => {
+                live.append(stream, &data);
+                live.caught_up().await;
+            }
             Output::Stream(writer) => {
                 let bytes = if self.tty { Bytes::from(data) } else { frames(stream, &data) };
                 if writer.write_all(&bytes).await.is_err() {
