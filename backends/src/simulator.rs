@@ -57,7 +57,7 @@ impl Backend for Simulator {
     }
 
     fn summary(&self) -> &str {
-        "an in-memory Docker-like host with simulated processes: Ls, Spawn(config), Attach(name), Get"
+        "an in-memory Docker-like host whose containers run simulated processes (echo, cat, sh -c...)"
     }
 
     fn spawn(&self, stage: Stage) -> BoxFuture<'static, Result<Sender<Message>, SpawnError>> {

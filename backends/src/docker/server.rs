@@ -464,7 +464,7 @@ async fn logs(front: &Arc<Frontend>, id: &str, options: &Options) -> Answer {
     args.extend(options.pairs());
     match object.connect(args).await {
         Ok(att) => Ok(streamed(StatusCode::OK, None, att)),
-        // A backend without logs (a simulator) has none to show.
+        // A backend without logs has none to show.
         Err(ClientError::Remote { message, .. }) if is_not_implemented(&message) => {
             Ok(status_only(StatusCode::OK))
         }
