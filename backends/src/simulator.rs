@@ -860,13 +860,14 @@ async fn exec_start(exec: Arc<Exec>, request: Message) -> HandlerResult {
     let (sender, receiver) = mpsc::channel(STDIN_CHUNKS);
     let stdin = if exec.flag("AttachStdin") { Stdin::new(receiver) } else { Stdin::closed() };
     let mut io = Io { stdin, out: Output::Stream(Box::new(output)), tty, paused };
+    // The process decides when the exec ends; its input may end before.
     let copy_in = async {
         feed(input, Some(sender)).await;
-        std::future::pending::<()>().await;
+        std::future::pending::<i32>().await
     };
     let code = tokio::select! {
         code = run_exec(&exec, &mut io, &token) => code,
-        () = copy_in => unreachable!("copying input never ends by itself"),
+        code = copy_in => code,
     };
     // The CLI asks for the exit code as soon as the output ends: record it first.
     record(&exec, code);
