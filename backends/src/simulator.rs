@@ -4,6 +4,7 @@ mod log;
 mod program;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -514,23 +515,25 @@ async fn set(object: Arc<Object>, request: Message) -> HandlerResult {
     Ok(())
 }
 
-/// `Stop()` and `Stop("timeout", N)` end the process as SIGTERM does (143); `Stop("kill",
-/// SIGNAL)` delivers SIGNAL (128 + its number, or nothing for a signal whose default action
-/// is not to terminate); `Stop("rm" [, "force"])` removes the container (a running one only
-/// with `force`, killing it: 137).
+/// `Stop()` and `Stop("timeout", N)` stop the process as dockerd stops a container's PID 1
+/// without signal handlers: SIGTERM changes nothing, so after N seconds (10 by default) of
+/// waiting for it to exit by itself, SIGKILL ends it (137). `Stop("kill", SIGNAL)` delivers
+/// SIGNAL: only `KILL` ends the process (137), as PID 1 ignores the others. `Stop("rm" [,
+/// "force"])` removes the container (a running one only with `force`, killing it).
 async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
-    let answer = object.host.with(&object.id, |state, index| {
+    let arg = |index| request.arg(index).unwrap_or_default();
+    if matches!(arg(0), "" | "timeout") {
+        let seconds = arg(1).parse::<u64>().unwrap_or(DEFAULT_STOP_SECONDS).min(MAX_STOP_SECONDS);
+        let answer = graceful_stop(&object, Duration::from_secs(seconds)).await?;
+        request.reply(answer).await?;
+        return Ok(());
+    }
+    object.host.with(&object.id, |state, index| {
         let container = &state.containers[index];
         let running = container.status == Status::Running;
-        match request.arg(0).unwrap_or_default() {
-            "" | "timeout" => {
-                if !running {
-                    return Ok(Message::ack().with_args(["not modified"]));
-                }
-                finish(state, index, 128 + SIGTERM);
-            }
+        match arg(0) {
             "kill" => {
-                let name = request.arg(1).filter(|s| !s.is_empty()).unwrap_or("KILL");
+                let name = Some(arg(1)).filter(|s| !s.is_empty()).unwrap_or("KILL");
                 let signal = signal_number(name)
                     .ok_or_else(|| HandlerError::new(format!("invalid signal: {name}")))?;
                 if !running {
@@ -539,8 +542,8 @@ async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
                         container.name, container.id
                     )));
                 }
-                if !IGNORED_SIGNALS.contains(&signal) {
-                    finish(state, index, 128 + signal);
+                if signal == SIGKILL {
+                    finish(state, index, 128 + SIGKILL);
                 }
             }
             "rm" => {
@@ -557,10 +560,32 @@ async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
             }
             other => return Err(HandlerError::new(format!("not implemented: Stop({other})"))),
         }
-        Ok(Message::ack())
+        Ok(())
     })?;
-    request.reply(answer).await?;
+    request.reply(Message::ack()).await?;
     Ok(())
+}
+
+/// Waits up to `grace` for the running process to exit by itself, then kills it.
+async fn graceful_stop(object: &Object, grace: Duration) -> Result<Message, HandlerError> {
+    let mut events = object.live.events.subscribe();
+    let life = *events.borrow_and_update();
+    let running = object
+        .host
+        .with(&object.id, |state, index| Ok(state.containers[index].status == Status::Running))?;
+    if !running {
+        return Ok(Message::ack().with_args(["not modified"]));
+    }
+    let exited = events.wait_for(|now| now.exits >= life.runs || now.removed);
+    if tokio::time::timeout(grace, exited).await.is_err() {
+        object.host.with(&object.id, |state, index| {
+            if state.containers[index].live.events.borrow().runs == life.runs {
+                finish(state, index, 128 + SIGKILL);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(Message::ack())
 }
 
 /// `Watch(CONDITION)`: `Ack` once the waiter is registered, then `Set("exited", CODE)` when
@@ -769,7 +794,7 @@ async fn exec_create(object: Arc<Object>, request: Message) -> HandlerResult {
         if container.paused {
             return Err(HandlerError::new(format!(
                 "Container {} is paused, unpause the container before exec",
-                container.id
+                container.name
             )));
         }
         Ok(())
@@ -878,13 +903,13 @@ async fn exec_start(exec: Arc<Exec>, request: Message) -> HandlerResult {
 }
 
 /// Runs the exec's command; a missing program prints dockerd's error on the stream and
-/// gives 127; the end of the container's run kills it (137).
+/// gives 126 (as dockerd 20.10 does for an exec); the end of the container's run kills it (137).
 async fn run_exec(exec: &Exec, io: &mut Io, token: &CancellationToken) -> i32 {
     if let Err(text) = program::check(&exec.argv, EXEC_ERROR) {
         // dockerd writes the error on the hijacked stream, as stdout, ending in CRLF.
         let end = if io.tty { "\n" } else { "\r\n" };
         io.write(STDOUT, format!("{text}{end}").as_bytes()).await;
-        return 127;
+        return 126;
     }
     tokio::select! {
         code = program::run(&exec.argv, io) => code,
@@ -1023,10 +1048,11 @@ const START_ERROR: &str = "failed to create shim task: OCI runtime create failed
 /// The start of dockerd's error for an exec whose program does not exist.
 const EXEC_ERROR: &str = "OCI runtime exec failed";
 const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
-/// Signals whose default action is not to end the process: CHLD, CONT, STOP, TSTP, TTIN,
-/// TTOU, URG, WINCH (a stop signal changes nothing here either).
-const IGNORED_SIGNALS: [i32; 8] = [17, 18, 19, 20, 21, 22, 23, 28];
+/// Docker's stop timeout when the request gives none, in seconds.
+const DEFAULT_STOP_SECONDS: u64 = 10;
+/// Longest stop timeout honoured, in seconds (a negative one waits the default);
+/// dockerserver waits 30 s more than the timeout for the answer.
+const MAX_STOP_SECONDS: u64 = 300;
 /// Containers one simulator holds; each keeps a log of at most about 1.6 MiB.
 const MAX_CONTAINERS: usize = 4096;
 /// Chunks of stdin queued for a process that does not read yet (`STDIN_CHUNK` bytes each):
@@ -1095,9 +1121,11 @@ mod tests {
 
         let error = web.call(Verb::Stop, ["rm"]).await.unwrap_err();
         assert!(error.to_string().contains("You cannot remove a running container"), "{error}");
-        web.stop().await.unwrap();
+        // `sleep` as PID 1 ignores SIGTERM: a stop with no grace period kills it.
+        web.call(Verb::Stop, ["timeout", "0"]).await.unwrap();
         let inspect = parse(&web.get().await.unwrap());
         assert_eq!(inspect["State"]["Status"], "exited");
+        assert_eq!(inspect["State"]["ExitCode"], 137);
         assert_eq!(inspect["State"]["Pid"], 0);
         web.call(Verb::Stop, ["rm"]).await.unwrap();
         assert_eq!(host.ls().await.unwrap(), ["db"]);
@@ -1105,6 +1133,36 @@ mod tests {
         assert!(error.to_string().contains("no such container"), "{error}");
         let error = host.attach("web").await.unwrap_err();
         assert_eq!(error.to_string(), "Attach: no such container: web");
+        assert!(tasks.shutdown(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_process_to_exit_by_itself_within_its_timeout() {
+        let tasks = Tasks::new();
+        let host = host("simulator", &tasks).await;
+        let config = r#"{"Image": "bb", "Cmd": ["sh", "-c", "sleep 0.3; exit 5"]}"#;
+        let short = host.spawn([config, "short"]).await.unwrap();
+        short.start().await.unwrap();
+        let (answer, _) = short.call(Verb::Stop, ["timeout", "20"]).await.unwrap();
+        assert_eq!(answer.args, Vec::<String>::new());
+        let inspect = parse(&short.get().await.unwrap());
+        assert_eq!(
+            (&inspect["State"]["Status"], &inspect["State"]["ExitCode"]),
+            (&json!("exited"), &json!(5))
+        );
+        // A stop of what does not run changes nothing; a kill of it is refused.
+        let (answer, _) = short.call(Verb::Stop, ["timeout", "20"]).await.unwrap();
+        assert_eq!(answer.args, ["not modified"]);
+        let error = short.call(Verb::Stop, ["kill", "KILL"]).await.unwrap_err();
+        assert!(error.to_string().contains("is not running"), "{error}");
+        // Signals other than KILL change nothing for PID 1; KILL ends it with 137.
+        short.start().await.unwrap();
+        short.call(Verb::Stop, ["kill", "HUP"]).await.unwrap();
+        assert_eq!(parse(&short.get().await.unwrap())["State"]["Running"], true);
+        let error = short.call(Verb::Stop, ["kill", "NOPE"]).await.unwrap_err();
+        assert!(error.to_string().contains("invalid signal: NOPE"), "{error}");
+        short.call(Verb::Stop, ["kill", "SIGKILL"]).await.unwrap();
+        assert_eq!(parse(&short.get().await.unwrap())["State"]["ExitCode"], 137);
         assert!(tasks.shutdown(Duration::from_secs(10)).await);
     }
 

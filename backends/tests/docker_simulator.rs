@@ -65,13 +65,15 @@ async fn create_start_ps_inspect_stop_rm() {
 
     let detached = front.docker(&["run", "-d", "--name", "c2", "bb", "sleep", "10"]).await;
     assert_eq!(detached.ok().trim().len(), 64, "{detached:?}");
-    assert_eq!(front.docker(&["stop", "c1"]).await.ok(), "c1\n");
+    // `sleep` as PID 1 ignores SIGTERM: stop waits its timeout, then kills (as dockerd does).
+    let stopping = std::time::Instant::now();
+    assert_eq!(front.docker(&["stop", "-t", "1", "c1"]).await.ok(), "c1\n");
+    assert!(stopping.elapsed() >= std::time::Duration::from_secs(1));
     let listed = ps(&["-a"]).await;
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(lines.len(), 3, "{listed}");
-    assert_eq!(lines[0], "c2|bb|\"sleep 10\"|running|Up Less than a second");
-    // A simulated process ends at SIGTERM, as one without a handler: 128 + 15.
-    assert!(lines[1].starts_with("c1|bb|\"sleep 30\"|exited|Exited (143) "), "{listed}");
+    assert!(lines[0].starts_with("c2|bb|\"sleep 10\"|running|Up "), "{listed}");
+    assert!(lines[1].starts_with("c1|bb|\"sleep 30\"|exited|Exited (137) "), "{listed}");
     assert_eq!(lines[2], "web|scratch|\"\"|created|Created");
 
     // Filters are applied by the server.
@@ -122,7 +124,7 @@ async fn errors_have_docker_statuses() {
     let again = front.docker(&["unpause", "web"]).await;
     assert!(again.stderr.contains("is not paused"), "{again:?}");
     // Exec needs a running container, as with dockerd.
-    front.docker(&["stop", "web"]).await.ok();
+    front.docker(&["stop", "-t", "0", "web"]).await.ok();
     let exec = front.docker(&["exec", "web", "true"]).await;
     assert_eq!(exec.code, 1, "{exec:?}");
     assert!(exec.stderr.contains("is not running"), "{exec:?}");
@@ -187,10 +189,10 @@ async fn attached_run_lasts_until_the_container_stops() {
         }
     }
     assert!(running, "r1 never ran");
-    assert_eq!(front.docker(&["stop", "r1"]).await.ok(), "r1\n");
+    assert_eq!(front.docker(&["stop", "-t", "0", "r1"]).await.ok(), "r1\n");
     let run = tokio::time::timeout(support::CLI_LIMIT, run).await.unwrap().unwrap();
-    // The exit code of a process stopped by SIGTERM.
-    assert_eq!(run.code, 143, "{run:?}");
+    // The exit code of a process killed (SIGKILL) by the stop.
+    assert_eq!(run.code, 137, "{run:?}");
     // --rm: removed once it exited.
     assert_eq!(front.docker(&["ps", "-a", "-q"]).await.ok(), "");
     front.shutdown().await;
@@ -414,11 +416,11 @@ async fn exec_runs_commands_in_a_running_container_with_their_exit_codes() {
     assert_eq!(outcome(&mixed), (4, "out\n", "err\n"));
     let piped = support::docker(&front.host, &["exec", "-i", "e1", "cat"], Some(b"piped\n")).await;
     assert_eq!(outcome(&piped), (0, "piped\n", ""));
-    // A program that does not exist: dockerd's text on the stream, and 127.
+    // A program that does not exist: dockerd's text on the stream, and 126 as dockerd 20.10.
     let missing = front.docker(&["exec", "e1", "nosuch"]).await;
     let text = "OCI runtime exec failed: exec failed: unable to start container process: \
                 exec: \"nosuch\": executable file not found in $PATH: unknown\r\n";
-    assert_eq!(outcome(&missing), (127, text, ""));
+    assert_eq!(outcome(&missing), (126, text, ""));
     assert_eq!(outcome(&front.docker(&["exec", "-d", "e1", "sleep", "1"]).await), (0, "", ""));
     // Exec output is not the container's log.
     assert_eq!(outcome(&front.docker(&["logs", "e1"]).await), (0, "", ""));
@@ -443,8 +445,8 @@ async fn wait_returns_the_exit_code() {
     front.docker(&["run", "-d", "--name", "w2", "bb", "sleep", "600"]).await.ok();
     let host = front.host.clone();
     let waiting = tokio::spawn(async move { support::docker(&host, &["wait", "w2"], None).await });
-    assert_eq!(front.docker(&["stop", "w2"]).await.ok(), "w2\n");
+    assert_eq!(front.docker(&["stop", "-t", "0", "w2"]).await.ok(), "w2\n");
     let waited = tokio::time::timeout(support::CLI_LIMIT, waiting).await.unwrap().unwrap();
-    assert_eq!(outcome(&waited), (0, "143\n", ""));
+    assert_eq!(outcome(&waited), (0, "137\n", ""));
     front.shutdown().await;
 }

@@ -13,7 +13,7 @@
 //! | `sh`, `ash`, `bash` | `-c SCRIPT` runs SCRIPT; with no arguments runs each line of stdin |
 //!
 //! A script is commands separated by `;`, newlines, `&&` and `||`, with `'`/`"` quoting and
-//! `\` escapes, `#` comments, the redirections `>&2`, `1>&2`, `2>&1`, `>/dev/null`,
+//! `\` escapes, `$?`, `#` comments, the redirections `>&2`, `1>&2`, `2>&1`, `>/dev/null`,
 //! `2>/dev/null`, and the builtins `exit [N]` and `:`, besides the programs above (and `sh`,
 //! nested at most [`MAX_SHELL_DEPTH`] deep). A command it does not know prints
 //! `sh: NAME: not found` and has status 127, as busybox's shell does.
@@ -378,6 +378,9 @@ async fn script(text: &str, io: &mut Io, fds: Fds, depth: usize, mut status: i32
             }
             Token::Separator(separator) => {
                 if !skip && !words.is_empty() {
+                    let code = status.to_string();
+                    let words: Vec<String> =
+                        words.iter().map(|word| word.replace(STATUS, &code)).collect();
                     match command(&words, io, command_fds, depth, status).await {
                         Flow::Next(code) => status = code,
                         exit @ Flow::Exit(_) => return exit,
@@ -511,10 +514,19 @@ fn tokenize(text: &str) -> Result<Vec<Token>, &'static str> {
                             }
                             None => return Err("unterminated quoted string"),
                         },
+                        Some('$') if chars.peek() == Some(&'?') => {
+                            chars.next();
+                            word.push(STATUS);
+                        }
                         Some(c) => word.push(c),
                         None => return Err("unterminated quoted string"),
                     }
                 }
+            }
+            '$' if chars.peek() == Some(&'?') => {
+                chars.next();
+                in_word = true;
+                word.push(STATUS);
             }
             '\\' => {
                 in_word = true;
@@ -547,6 +559,8 @@ fn crlf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Stands for `$?` in a word until the command runs (a private-use character).
+const STATUS: char = '\u{E000}';
 /// Longest line `sh` reads from stdin at once, in bytes.
 const MAX_LINE: usize = 64 * 1024;
 /// Largest payload of one multiplexed frame, in bytes.
@@ -599,7 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn programs_print_and_exit_as_their_real_counterparts() {
-        let cases: [Case; 14] = [
+        let cases: [Case; 15] = [
             (&["echo", "hello", "world"], b"", 0, "hello world\n", ""),
             (&["/bin/echo", "-n", "x"], b"", 0, "x", ""),
             (&["cat"], b"in\nput", 0, "in\nput", ""),
@@ -614,6 +628,7 @@ mod tests {
             (&["sh", "-c", "echo \"a\\\"b\" 2>/dev/null >/dev/null; exit 257"], b"", 1, "", ""),
             (&["sh"], b"echo one\ncat\nrest\n", 0, "one\nrest\n", ""),
             (&["sh", "-c", "sh -c 'exit 4'"], b"", 4, "", ""),
+            (&["sh", "-c", "false; echo $? \"($?)\" '$?'; echo $?"], b"", 0, "1 (1) $?\n0\n", ""),
         ];
         for (argv, input, code, stdout, stderr) in cases {
             let (got, output) = run_with(argv, input).await;
