@@ -535,7 +535,7 @@ async fn stop(object: Arc<Object>, request: Message) -> HandlerResult {
             "kill" => {
                 let name = Some(arg(1)).filter(|s| !s.is_empty()).unwrap_or("KILL");
                 let signal = signal_number(name)
-                    .ok_or_else(|| HandlerError::new(format!("invalid signal: {name}")))?;
+                    .ok_or_else(|| HandlerError::new(format!("Invalid signal: {name}")))?;
                 if !running {
                     return Err(HandlerError::new(format!(
                         "Cannot kill container: {}: Container {} is not running",
@@ -1160,7 +1160,7 @@ mod tests {
         short.call(Verb::Stop, ["kill", "HUP"]).await.unwrap();
         assert_eq!(parse(&short.get().await.unwrap())["State"]["Running"], true);
         let error = short.call(Verb::Stop, ["kill", "NOPE"]).await.unwrap_err();
-        assert!(error.to_string().contains("invalid signal: NOPE"), "{error}");
+        assert!(error.to_string().contains("Invalid signal: NOPE"), "{error}");
         short.call(Verb::Stop, ["kill", "SIGKILL"]).await.unwrap();
         assert_eq!(parse(&short.get().await.unwrap())["State"]["ExitCode"], 137);
         assert!(tasks.shutdown(Duration::from_secs(10)).await);
