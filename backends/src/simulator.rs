@@ -32,8 +32,8 @@ use crate::service::{
 ///   (`Image` required; `Cmd`, `Entrypoint`, `Env`, `Tty`, `OpenStdin`, `StdinOnce`,
 ///   `Labels`, `HostConfig`, and `name` if no `NAME` argument); `Ack` with `ret` = the
 ///   container;
-/// - `Attach(NAME)`: `Ack` with `ret` = the container, found by name, `/name`, or a unique
-///   prefix of its id;
+/// - `Attach(NAME)`: `Ack(ID, INSPECT_JSON)` with `ret` = the container, found by name,
+///   `/name`, or a unique prefix of its id;
 /// - `Get`: `Set(JSON)` with the host's counts (`Containers`, `ContainersRunning`, ...);
 /// - `Start`, `Stop`: `Ack` (the host itself has no state to change).
 ///
@@ -341,10 +341,14 @@ async fn create(host: Arc<Host>, request: Message) -> HandlerResult {
     Ok(())
 }
 
+/// `Attach(NAME)`: `Ack(ID, INSPECT_JSON)` with `ret` = the container (the document saves a
+/// frontend's `ps` a `Get` per container).
 async fn attach(host: Arc<Host>, request: Message) -> HandlerResult {
     let (id, live) = host.find(request.arg(0).unwrap_or_default())?;
+    let inspect = host.with(&id, |state, index| Ok(inspect_json(&state.containers[index])))?;
     let object = host.object(id.clone(), live);
-    request.reply(Message::ack().with_args([id]).with_ret(object)).await?;
+    let answer = Message::ack().with_args([id, inspect.to_string()]);
+    request.reply(answer.with_ret(object)).await?;
     Ok(())
 }
 
