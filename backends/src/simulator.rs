@@ -1057,8 +1057,9 @@ const DEFAULT_STOP_SECONDS: u64 = 10;
 /// Longest stop timeout honoured, in seconds (a negative one waits the default);
 /// dockerserver waits 30 s more than the timeout for the answer.
 const MAX_STOP_SECONDS: u64 = 300;
-/// Containers one simulator holds; each keeps a log of at most about 1.6 MiB.
-const MAX_CONTAINERS: usize = 4096;
+/// Containers one simulator holds; each keeps a log of at most about 1.6 MiB, so the worst
+/// case is about 1.6 GiB of logs (a container that writes nothing costs a few KiB).
+const MAX_CONTAINERS: usize = 1024;
 /// Chunks of stdin queued for a process that does not read yet (`STDIN_CHUNK` bytes each):
 /// worst case 128 KiB per container or exec.
 const STDIN_CHUNKS: usize = 16;
@@ -1168,6 +1169,24 @@ mod tests {
         short.call(Verb::Stop, ["kill", "SIGKILL"]).await.unwrap();
         assert_eq!(parse(&short.get().await.unwrap())["State"]["ExitCode"], 137);
         assert!(tasks.shutdown(Duration::from_secs(10)).await);
+    }
+
+    #[test]
+    fn a_host_holds_at_most_max_containers() {
+        let host = Host::default();
+        let config = json!({"Image": "x"});
+        for index in 0..MAX_CONTAINERS - 1 {
+            host.create(&config, Some(&format!("c{index}"))).unwrap();
+        }
+        host.create(&config, Some("last")).unwrap();
+        let Err(error) = host.create(&config, Some("over")) else { panic!("one over the bound") };
+        assert_eq!(error.text(), "the simulator holds at most 1024 containers");
+        let (id, _) = host.find("last").unwrap();
+        let mut state = host.lock();
+        let index = state.containers.iter().position(|c| c.id == id).unwrap();
+        remove(&mut state, index);
+        drop(state);
+        host.create(&config, Some("again")).unwrap();
     }
 
     #[tokio::test]
