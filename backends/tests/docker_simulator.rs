@@ -305,6 +305,17 @@ async fn run_i_feeds_stdin_and_run_rm_removes() {
     assert_eq!(exited.code, 5, "{exited:?}");
     let missing = front.docker(&["run", "--rm", "bb", "nosuch"]).await;
     assert_eq!(missing.code, 127, "{missing:?}");
+    // Detached with --rm: removed when it exits by itself.
+    front.docker(&["run", "-d", "--rm", "--name", "gone", "bb", "sh", "-c", "exit 2"]).await.ok();
+    let mut removed = false;
+    for _ in 0..200 {
+        let listed = front.docker(&["ps", "-a", "--filter", "name=gone", "-q"]).await;
+        if listed.ok().is_empty() {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "gone was never removed");
     // Every one of them was removed once it exited; the one without --rm stays.
     front.docker(&["run", "--name", "kept", "bb", "true"]).await.ok();
     assert_eq!(front.docker(&["ps", "-a", "--format", "{{.Names}}"]).await.ok(), "kept\n");
@@ -352,6 +363,10 @@ async fn logs_keep_both_streams_with_tail_timestamps_and_follow() {
     assert_eq!(outcome(&logs), (0, "one\nthree\n", "two\n"));
     let tail = front.docker(&["logs", "--tail", "2", "l1"]).await;
     assert_eq!(outcome(&tail), (0, "three\n", "two\n"));
+    let since = front.docker(&["logs", "--since", "2000-01-01T00:00:00Z", "l1"]).await;
+    assert_eq!(outcome(&since), (0, "one\nthree\n", "two\n"));
+    let until = front.docker(&["logs", "--until", "2000-01-01T00:00:00Z", "l1"]).await;
+    assert_eq!(outcome(&until), (0, "", ""));
 
     let stamped = front.docker(&["logs", "-t", "--tail", "1", "l1"]).await;
     let (time, text) = stamped.ok().split_once(' ').unwrap();
