@@ -56,6 +56,20 @@ async fn run(runs: usize) {
             ratio(far)
         );
     }
+    // The server's own path, without the CLI process around it (its start-up dominates the
+    // rows above): one `GET /containers/json?all=1` per connection, 20 times as many runs.
+    let hosts = [daemon.host.as_str(), front.host.as_str(), remote.host.as_str()];
+    let [direct, through, far] = alternate_raw(runs * 20, hosts).await;
+    let ratio = |time: Duration| time.as_secs_f64() / direct.as_secs_f64();
+    println!(
+        "| GET /containers/json?all=1 (no CLI, median of {}) | {:.2} ms | {:.2} ms | {:.2} | {:.2} ms | {:.2} |",
+        runs * 20,
+        ms(direct),
+        ms(through),
+        ratio(through),
+        ms(far),
+        ratio(far)
+    );
     front.shutdown().await;
     remote.shutdown().await;
     b_tasks.shutdown(support::LIMIT).await;
@@ -71,6 +85,38 @@ async fn alternate(runs: usize, hosts: [&str; 3], args: &[&str]) -> [Duration; 3
         }
     }
     times.map(median)
+}
+
+/// Medians of `runs` raw list requests on each host, in turn.
+async fn alternate_raw(runs: usize, hosts: [&str; 3]) -> [Duration; 3] {
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..runs {
+        for (host, times) in hosts.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            list(host).await;
+            times.push(start.elapsed());
+        }
+    }
+    times.map(median)
+}
+
+/// `GET /v1.41/containers/json?all=1` on a fresh connection to `host`, read to the end.
+async fn list(host: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request =
+        b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut response = Vec::new();
+    if let Some(path) = host.strip_prefix("unix://") {
+        let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        stream.read_to_end(&mut response).await.unwrap();
+    } else {
+        let address = host.trim_start_matches("tcp://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        stream.read_to_end(&mut response).await.unwrap();
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&response));
 }
 
 async fn timed(host: &str, args: &[&str]) -> Duration {

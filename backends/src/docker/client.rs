@@ -175,7 +175,9 @@ async fn attach(host: Arc<Host>, request: Message) -> HandlerResult {
     let path = format!("/containers/{}/json", api::percent_encode(name));
     let inspect = host.daemon.json(Method::GET, &path, None).await?;
     let id = inspect["Id"].as_str().unwrap_or(name).to_owned();
-    request.reply(Message::ack().with_args([id]).with_ret(host.object(name.to_owned()))).await?;
+    // The inspect document goes with the answer: `ps` needs nothing else (docs/docker.md).
+    let answer = Message::ack().with_args([id, inspect.to_string()]);
+    request.reply(answer.with_ret(host.object(name.to_owned()))).await?;
     Ok(())
 }
 

@@ -596,7 +596,7 @@ async fn logs(front: &Arc<Frontend>, id: &str, options: &Options) -> Answer {
     args.extend(options.pairs());
     match object.connect(args).await {
         Ok(att) => Ok(streamed(StatusCode::OK, None, att)),
-        // A backend without logs (a simulator) has none to show.
+        // A backend without logs has none to show.
         Err(ClientError::Remote { message, .. }) if is_not_implemented(&message) => {
             Ok(status_only(StatusCode::OK))
         }
@@ -778,8 +778,20 @@ async fn container(front: &Arc<Frontend>, id: &str) -> Result<Client, Failure> {
     Ok(front.host.attach(id).await?.object)
 }
 
+/// The inspect document of the container called `name`: the one its `Attach` answer carries
+/// (`Ack(ID, INSPECT_JSON)`, one round trip), else its `Get`.
 async fn inspect(front: &Arc<Frontend>, name: &str) -> Result<Value, Failure> {
-    let state = container(front, name).await?.get().await?;
+    let (answer, _) = front.host.call(Verb::Attach, [name]).await?;
+    let state = match (answer.verb, answer.args.get(1), answer.ret) {
+        (Verb::Ack, Some(state), _) => state.clone(),
+        (Verb::Ack, None, Some(object)) => {
+            let object = Client::new(object).named(name).with_timeout(front.host.timeout());
+            object.get().await?
+        }
+        (verb, _, _) => {
+            return Err(Failure::new(502, format!("Attach answered {verb} without a container")))
+        }
+    };
     serde_json::from_str(&state)
         .map_err(|error| Failure::new(502, format!("bad inspect JSON: {error}")))
 }
