@@ -417,6 +417,7 @@ fn kind_of(error: &ClientError) -> String {
         ClientError::Remote { .. } if text.contains("not connected") => "not connected",
         ClientError::Remote { .. } if text.contains("no answer within") => "first answer timeout",
         ClientError::Remote { .. } if text.contains("cannot send") => "cannot send",
+        ClientError::Remote { .. } if text.contains("protocol violation") => "protocol violation",
         ClientError::Remote { .. } if text.contains("every child failed") => "every child failed",
         ClientError::Remote { .. } if text.contains("no such") => "no such container",
         ClientError::Remote { .. } => "other error answer",
