@@ -108,7 +108,8 @@ async fn path_traversal_in_names_is_refused() {
             send(&front, "POST", &format!("/containers/create?name={name}"), br#"{"Image":"bb"}"#)
                 .await;
         check(&answer, 400, "invalid container name");
-        let answer = send(&front, "POST", &format!("/containers/web/rename?name={name}"), b"").await;
+        let answer =
+            send(&front, "POST", &format!("/containers/web/rename?name={name}"), b"").await;
         check(&answer, 400, "invalid container name");
     }
     still_serving(&front, &["web"]).await;
@@ -158,13 +159,17 @@ async fn oversize_and_malformed_requests_get_4xx() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     check(&exchange(&front, &chunked, false).await, 413, "request body");
     // Headers and URIs over hyper's limits.
-    let header = format!("GET /_ping HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(600_000));
+    let header =
+        format!("GET /_ping HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(600_000));
     assert_eq!(exchange(&front, header.as_bytes(), false).await.status, 431);
     let uri = format!("GET /containers/{}/json HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
     assert_eq!(exchange(&front, uri.as_bytes(), false).await.status, 414);
     // Not HTTP, or ambiguous framing.
     assert_eq!(exchange(&front, b"GARBAGE\r\n\r\n", false).await.status, 400);
-    assert_eq!(exchange(&front, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", true).await.status, 400);
+    assert_eq!(
+        exchange(&front, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", true).await.status,
+        400
+    );
     let twice = b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}";
     assert_eq!(exchange(&front, twice, false).await.status, 400);
     // A body shorter than announced, then the client stops sending: an error, not a wait.
@@ -211,15 +216,17 @@ async fn clients_that_stall_do_not_stop_the_others() {
     for n in 0..100 {
         let mut stream = connect(&front).await;
         if n % 2 == 0 {
-            stream.write_all(b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Le").await.unwrap();
+            stream
+                .write_all(b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Le")
+                .await
+                .unwrap();
         }
         stalled.push(stream);
     }
     // Meanwhile, the docker CLI and plain requests are served.
     let ps = front.docker(&["ps", "-a", "--format", "{{.Names}}"]).await;
     assert_eq!(ps.ok(), "web\n");
-    let created =
-        send(&front, "POST", "/containers/create?name=made", br#"{"Image":"bb"}"#).await;
+    let created = send(&front, "POST", "/containers/create?name=made", br#"{"Image":"bb"}"#).await;
     assert_eq!(created.status, 201, "{created:?}");
     still_serving(&front, &["made", "web"]).await;
     drop(stalled);

@@ -156,7 +156,9 @@ async fn run(options: Options) {
     let swarm = Swarm::new(BIN);
     let hosts = netns.then(Hosts::new);
     let (b_listen, c_listen) = match &hosts {
-        Some(_) => (format!("listen quic://0.0.0.0:{PORT}"), format!("listen tls://0.0.0.0:{PORT}")),
+        Some(_) => {
+            (format!("listen quic://0.0.0.0:{PORT}"), format!("listen tls://0.0.0.0:{PORT}"))
+        }
         None => ("listen quic://127.0.0.1:0".to_owned(), "listen tls://127.0.0.1:0".to_owned()),
     };
     let mut b = Place {
@@ -282,7 +284,9 @@ async fn run(options: Options) {
         println!("| {kind} | {count} | `{}` |", example.replace('|', "\\|"));
     }
     println!("\nMemory high-water mark (VmHWM) per node process:\n");
-    println!("| node | starts | VmHWM (max over its processes) | exit at the end |\n|---|---|---|---|");
+    println!(
+        "| node | starts | VmHWM (max over its processes) | exit at the end |\n|---|---|---|---|"
+    );
     println!("| node-a | 1 | {} KiB | {a_exit} |", a_high_water);
     for (place, exit) in [(&b, b_exit), (&c, c_exit)] {
         let exit = exit.map_or("not running".to_owned(), |status| status.to_string());
@@ -479,7 +483,10 @@ fn inject_faults(
         wait(Instant::now() + down, b, c, a);
         let place = if name == b.name { &mut *b } else { &mut *c };
         place.start(swarm);
-        log.push(format!("{at:.1} s: kill -9 of {name}, restarted after {:.1} s", down.as_secs_f64()));
+        log.push(format!(
+            "{at:.1} s: kill -9 of {name}, restarted after {:.1} s",
+            down.as_secs_f64()
+        ));
     }
     // Both serve at the end.
     for place in [b, c] {
