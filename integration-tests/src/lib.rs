@@ -283,6 +283,27 @@ impl Node {
         page
     }
 
+    /// Whether the process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+            }
+        }
+        self.exited.is_none()
+    }
+
+    /// Its resident memory high-water mark in KiB (`VmHWM` in `/proc/PID/status`), while it
+    /// runs.
+    pub fn memory_high_water_kib(&self) -> Option<u64> {
+        if self.exited.is_some() {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+        line.trim().trim_end_matches("kB").trim().parse().ok()
+    }
+
     /// Waits (at most [`LIMIT`]) until its log contains `text`; returns the log.
     ///
     /// # Panics
@@ -432,6 +453,31 @@ impl Hosts {
                 "DROP",
             ];
             run(Command::new("ip").args(["netns", "exec", &self.b, "iptables"]).args(rule));
+        }
+    }
+}
+
+impl Hosts {
+    /// Cuts B off: every packet B receives or sends is dropped (iptables `DROP`, inserted
+    /// first so it also beats [`Hosts::lose_on_b`]).
+    ///
+    /// # Panics
+    /// `iptables` fails.
+    pub fn cut_b(&self) {
+        for chain in ["INPUT", "OUTPUT"] {
+            run(Command::new("ip")
+                .args(["netns", "exec", &self.b, "iptables", "-I", chain, "1", "-j", "DROP"]));
+        }
+    }
+
+    /// Undoes [`Hosts::cut_b`].
+    ///
+    /// # Panics
+    /// `iptables` fails (there was no cut).
+    pub fn mend_b(&self) {
+        for chain in ["INPUT", "OUTPUT"] {
+            run(Command::new("ip")
+                .args(["netns", "exec", &self.b, "iptables", "-D", chain, "-j", "DROP"]));
         }
     }
 }
