@@ -239,7 +239,11 @@ async fn serve_connection(front: Arc<Frontend>, io: Box<dyn Io>) {
         let front = front.clone();
         async move { Ok::<_, Infallible>(handle(front, request).await) }
     });
+    // A client that connects and never finishes a request head (or idles that long between
+    // requests) is dropped, so silent connections cannot hold every connection slot.
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::select! {
@@ -966,6 +970,9 @@ fn streamed(
 
 /// Connections served at once; each costs a task and its buffers (an attach, two copies).
 const MAX_CONNECTIONS: usize = 512;
+/// Longest wait for a request head, from the connection's start or the end of the last
+/// response: with [`MAX_CONNECTIONS`], what a crowd of silent clients can hold, and for how long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (a create config), in bytes.
 const MAX_REQUEST_BODY: usize = 1 << 20;
 /// Exec instances remembered for `/exec/{id}/...`; the oldest is forgotten first.
