@@ -41,7 +41,8 @@ pub fn message(data: &[u8]) -> MessageReport {
     let message = libchan::fuzz_support::message::<Message>(data).map(|result| {
         result
             .map(|message| {
-                let name: Verb = message.verb.as_str().parse().unwrap_or_else(|never| match never {});
+                let name: Verb =
+                    message.verb.as_str().parse().unwrap_or_else(|never| match never {});
                 assert_eq!(name, message.verb, "a verb read back from its name");
                 (message.verb, message.args.len(), message.ret.is_some(), message.att.is_some())
             })

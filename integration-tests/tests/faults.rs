@@ -280,13 +280,11 @@ async fn nothing_lost_through_a_node() {
     assert!(tasks.shutdown(LIMIT).await);
 }
 
-/// What users need and libchan does not give yet: a byte stream read and written from two
-/// tasks (`tokio::io::split`) as soon as it arrives. While its network stream has not
-/// arrived (the message came first), both halves wait on one `oneshot` that keeps only the
-/// last waker: the reader is not woken, and sleeps until something else polls it (here the
-/// test's timeout), while up to a yamux window (256 KiB) piles up. About one run in five.
+/// A byte stream read and written from two tasks (`tokio::io::split`) as soon as it arrives.
+/// While its network stream has not arrived (the message came first), both halves wait for
+/// it; both must be woken when it comes (a `oneshot` alone keeps only the last waker, which
+/// stalled the reader in about one run in five).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "libchan: a byte stream waiting for its network stream wakes only one of its halves"]
 async fn a_byte_stream_split_at_once_wakes_its_reader() {
     for _ in 0..10 {
         let swarm = Swarm::new(BIN);

@@ -823,9 +823,16 @@ impl NetReceiver {
                                 Err(e) => Err(RecvError::Protocol(e.to_string())),
                             }
                         }
-                        _ if accept_pending => Err(RecvError::Protocol(
+                        Ok(Some(_)) if accept_pending => Err(RecvError::Protocol(
                             "first frame from the acceptor is not ACCEPT".into(),
                         )),
+                        // The stream ended before the peer accepted it: it went away (its
+                        // connection is lost, or being torn down), which is no violation.
+                        Ok(None) if accept_pending => {
+                            Err(RecvError::Connection(self.session.close_reason().unwrap_or_else(
+                                || "the peer ended the channel before accepting it".into(),
+                            )))
+                        }
                         Ok(Some((FrameType::Msg, payload))) => {
                             return Poll::Ready(Ok(Some(payload)))
                         }

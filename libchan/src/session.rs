@@ -227,6 +227,11 @@ impl SessionInner {
         }
     }
 
+    /// Why the session ended, or `None` while it is open.
+    pub(crate) fn close_reason(&self) -> Option<String> {
+        self.closed.borrow().clone()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.borrow().is_some()
     }

@@ -75,7 +75,9 @@ struct NetBytes {
 }
 
 enum NetState {
-    Waiting(oneshot::Receiver<Result<RawStream, String>>),
+    /// The stream is promised; the wakers are every task that polled meanwhile (a `oneshot`
+    /// keeps only the last one, and the halves of a split stream poll from two tasks).
+    Waiting(oneshot::Receiver<Result<RawStream, String>>, Vec<std::task::Waker>),
     Ready(RawStream),
     Failed(String),
 }
@@ -88,7 +90,7 @@ impl ByteStream {
     pub(crate) fn from_pending(pending: PendingStream) -> Self {
         let net = match pending {
             PendingStream::Ready(stream) => NetState::Ready(stream),
-            PendingStream::Waiting(rx) => NetState::Waiting(rx),
+            PendingStream::Waiting(rx) => NetState::Waiting(rx, Vec::new()),
         };
         Self::with(Inner::Net(NetBytes::new(net)))
     }
@@ -138,8 +140,20 @@ impl NetBytes {
     }
 
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut RawStream>> {
-        if let NetState::Waiting(rx) = &mut self.state {
-            self.state = match ready!(Pin::new(rx).poll(cx)) {
+        if let NetState::Waiting(rx, waiters) = &mut self.state {
+            let resolved = match Pin::new(rx).poll(cx) {
+                Poll::Ready(resolved) => resolved,
+                Poll::Pending => {
+                    if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+                        waiters.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            };
+            for waker in waiters.drain(..) {
+                waker.wake();
+            }
+            self.state = match resolved {
                 Ok(Ok(stream)) => NetState::Ready(stream),
                 Ok(Err(reason)) => NetState::Failed(reason),
                 Err(_) => NetState::Failed("session closed".into()),
@@ -151,7 +165,7 @@ impl NetBytes {
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason.clone())))
             }
             // Invariant: Waiting was replaced just above.
-            NetState::Waiting(_) => unreachable!("byte stream still waiting after resolving"),
+            NetState::Waiting(..) => unreachable!("byte stream still waiting after resolving"),
         }
     }
 }
