@@ -563,3 +563,27 @@ async fn pending_references_never_claimed_are_bounded_and_expire() {
     drop(first);
     bystander.finish(before).await;
 }
+
+/// A peer that never reads cannot hold a clean close up: it ends after `drain_timeout`.
+#[tokio::test]
+async fn clean_close_is_bounded_by_the_drain_timeout() {
+    let mut limits = Limits::default();
+    limits.drain_timeout = Duration::from_millis(500);
+    let listener = listener("tcp", limits.clone()).await;
+    let (client, server) = connect("tcp", &listener, limits).await;
+    let tx = client.open::<serde_bytes::ByteBuf>().await.unwrap();
+    // 2 MiB, more than the stream window: the writer is stuck until the peer reads. (A
+    // third would wait for buffer space: send_buffer is 1 MiB.)
+    for _ in 0..2 {
+        let message = serde_bytes::ByteBuf::from(vec![0u8; MIB]);
+        within("a send", tx.send(message)).await.unwrap();
+    }
+    let _never_read = within("accept", server.accept::<serde_bytes::ByteBuf>()).await.unwrap();
+    let started = std::time::Instant::now();
+    within("a close whose peer never reads", client.close(Code::Shutdown, "bye")).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500), "the close waited for the drain: {took:?}");
+    assert!(took < Duration::from_secs(10), "the close is bounded: {took:?}");
+    assert!(client.close_reason().is_some());
+    within("the peer learns", server.closed()).await;
+}

@@ -36,7 +36,7 @@ pub fn cbor_depth(bytes: &[u8], limit: usize) -> Option<usize> {
                 // items of their own, ended by a break).
                 2 | 3 if arg == u64::MAX => open.push(u64::MAX),
                 2 | 3 => at = at.checked_add(usize::try_from(arg).ok()?)?,
-                4 | 5 | 6 => {
+                4..=6 => {
                     let items = match major {
                         4 => arg,
                         5 if arg == u64::MAX => arg,

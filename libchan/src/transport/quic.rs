@@ -215,7 +215,7 @@ fn start(
             }
         }
     });
-    let mux = QuicMux { conn, endpoint: endpoint };
+    let mux = QuicMux { conn, endpoint };
     Session::start(Box::new(mux), inbound_rx, done_rx, dialer, limits, PeerInfo { addr, name })
 }
 
