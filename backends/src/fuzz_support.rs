@@ -41,7 +41,8 @@ pub fn message(data: &[u8]) -> MessageReport {
     let message = libchan::fuzz_support::message::<Message>(data).map(|result| {
         result
             .map(|message| {
-                let name: Verb = message.verb.as_str().parse().unwrap_or_else(|never| match never {});
+                let name: Verb =
+                    message.verb.as_str().parse().unwrap_or_else(|never| match never {});
                 assert_eq!(name, message.verb, "a verb read back from its name");
                 (message.verb, message.args.len(), message.ret.is_some(), message.att.is_some())
             })
@@ -134,7 +135,8 @@ fn quote(word: &str) -> String {
 pub type RequestReport = Option<Result<String, (u16, String)>>;
 
 /// Parses `METHOD TARGET\nBODY` as `dockerserver` parses a request: the target as the URI
-/// hyper hands over, then [`parse_request`]; the body as JSON when the endpoint takes one.
+/// hyper hands over, then `dockerserver`'s `parse_request`; the body as JSON when the
+/// endpoint takes one.
 ///
 /// # Panics
 /// When an early answer is not 400 or 404, decoded query options do not survive encoding, a

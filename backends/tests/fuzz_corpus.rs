@@ -38,10 +38,9 @@ fn spec_corpus_replays() {
     for (name, data) in corpus("spec") {
         let report = fuzz_support::spec(&data);
         match name.as_str() {
-            "readme-three-stages" => assert_eq!(
-                report.pipeline.unwrap(),
-                ["dockerserver", "debug", "dockerclient"]
-            ),
+            "readme-three-stages" => {
+                assert_eq!(report.pipeline.unwrap(), ["dockerserver", "debug", "dockerclient"])
+            }
             "aggregate-nested" => {
                 assert_eq!(report.words.unwrap()[1], "dockerclient tcp://a:2375");
                 assert_eq!(report.nested, 2);

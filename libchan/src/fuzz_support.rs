@@ -110,7 +110,8 @@ pub fn frame(data: &[u8]) -> FrameReport {
     let first = now(read_control(&mut rest, FRAME_MAX_CONTROL));
     match (&first, frames.first()) {
         (Ok((ty, payload)), _) => {
-            let (want_ty, want) = frames.first().expect("read_control read a frame the decoder did not");
+            let (want_ty, want) =
+                frames.first().expect("read_control read a frame the decoder did not");
             assert!(ty.is_control(), "read_control returned a {ty:?} frame");
             assert_eq!((ty, &payload[..]), (want_ty, &want[..]), "read_control agrees");
             assert_eq!(rest.len(), input.len() - frame::HEADER_LEN - payload.len(), "read past");
@@ -293,7 +294,11 @@ fn check_reencode<T: Message>(value: &T, channel: u64, limits: &Limits) {
 }
 
 /// Encodes as `encode_into` does, on a fresh dialer session; returns the bytes and exports.
-fn encode<T: Message>(value: &T, channel: u64, limits: &Limits) -> Result<(Vec<u8>, usize), String> {
+fn encode<T: Message>(
+    value: &T,
+    channel: u64,
+    limits: &Limits,
+) -> Result<(Vec<u8>, usize), String> {
     let session = SessionInner::detached(Box::new(NoConnection), true, limits.clone());
     let state = EncodeState { session, parent: channel, exports: Vec::new() };
     let mut out = Vec::new();
@@ -315,7 +320,11 @@ impl Mux for NoConnection {
 
 /// A stream that reads nothing and swallows writes, for parked nested streams.
 fn idle_stream() -> RawStream {
-    RawStream { read: Box::new(tokio::io::empty()), write: Box::new(tokio::io::sink()), permit: None }
+    RawStream {
+        read: Box::new(tokio::io::empty()),
+        write: Box::new(tokio::io::sink()),
+        permit: None,
+    }
 }
 
 /// A reader over a slice that hands out at most `chunk` bytes per read.

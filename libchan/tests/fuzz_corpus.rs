@@ -27,10 +27,9 @@ fn frame_corpus_replays() {
             "msg-at-limit" => {
                 assert_eq!(report.frames, [(FrameType::Msg, fuzz_support::FRAME_MAX_MESSAGE)])
             }
-            "control-at-limit" => assert_eq!(
-                report.frames,
-                [(FrameType::Accept, fuzz_support::FRAME_MAX_CONTROL)]
-            ),
+            "control-at-limit" => {
+                assert_eq!(report.frames, [(FrameType::Accept, fuzz_support::FRAME_MAX_CONTROL)])
+            }
             "msg-over-limit" | "control-over-limit" | "huge-length-header-only" => {
                 assert!(report.frames.is_empty(), "{name}");
                 assert!(matches!(report.error, Some(FrameError::TooLarge { .. })), "{name}");
