@@ -135,7 +135,8 @@ fn quote(word: &str) -> String {
 pub type RequestReport = Option<Result<String, (u16, String)>>;
 
 /// Parses `METHOD TARGET\nBODY` as `dockerserver` parses a request: the target as the URI
-/// hyper hands over, then [`parse_request`]; the body as JSON when the endpoint takes one.
+/// hyper hands over, then `dockerserver`'s `parse_request`; the body as JSON when the
+/// endpoint takes one.
 ///
 /// # Panics
 /// When an early answer is not 400 or 404, decoded query options do not survive encoding, a

@@ -125,6 +125,10 @@ fn message_corpus_replays_as_values() {
             "negative-ref-id" => expect_error("negative reference id"),
             "ref-holding-text" => expect_error("does not hold an integer"),
             "trailing-bytes" => expect_error("1 bytes after"),
+            // A length announced in a header is not allocated before the bytes are there.
+            "huge-declared-array" | "huge-declared-bytes" | "huge-declared-text" => {
+                expect_error("cannot decode message")
+            }
             _ => {}
         }
     }
