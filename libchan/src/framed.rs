@@ -18,6 +18,7 @@ pub(crate) struct FrameReader<R> {
 }
 
 /// What a read produced.
+#[derive(Debug)]
 pub(crate) enum ReadError {
     Frame(FrameError),
     Io(io::Error),
@@ -85,6 +86,12 @@ pub(crate) async fn read_control<R: AsyncRead + Unpin>(
     let mut header = [0u8; HEADER_LEN];
     read.read_exact(&mut header).await.map_err(ReadError::Io)?;
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    match FrameType::from_u8(header[4]) {
+        Some(ty) if !ty.is_control() && len > 0 => {
+            return Err(ReadError::Frame(FrameError::NotControl(ty)))
+        }
+        _ => {}
+    }
     let decoder = FrameDecoder { max_msg: 0, max_control: max_control + 1 };
     let mut probe = BytesMut::from(&header[..]);
     // Check length and type from the header alone, before allocating the payload.
@@ -109,4 +116,32 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     frame::encode(ty, payload, &mut buf);
     write.write_all(&buf).await?;
     write.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_frame(ty: FrameType, payload: &[u8]) -> Result<(FrameType, Vec<u8>), ReadError> {
+        let mut bytes = BytesMut::new();
+        frame::encode(ty, payload, &mut bytes);
+        let mut input = &bytes[..];
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(read_control(&mut input, 64))
+    }
+
+    #[test]
+    fn a_stream_must_start_with_a_control_frame() {
+        let (ty, payload) = first_frame(FrameType::Open, b"ok").unwrap();
+        assert_eq!((ty, &payload[..]), (FrameType::Open, &b"ok"[..]));
+        let Err(ReadError::Frame(error)) = first_frame(FrameType::Msg, b"data") else {
+            panic!("a MSG first frame was read");
+        };
+        assert_eq!(error, FrameError::NotControl(FrameType::Msg));
+        assert_eq!(error.to_string(), "first frame on a stream is Msg, not a control frame");
+        let Err(ReadError::Frame(error)) = first_frame(FrameType::Open, &[0; 65]) else {
+            panic!("an oversized OPEN was read");
+        };
+        assert!(matches!(error, FrameError::TooLarge { limit: 65, .. }), "{error}");
+    }
 }

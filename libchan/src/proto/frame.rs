@@ -66,6 +66,9 @@ pub enum FrameError {
         /// The limit in force for this type.
         limit: usize,
     },
+    /// A stream's first frame must be a control frame (OPEN, or ACCEPT from the acceptor).
+    #[error("first frame on a stream is {0:?}, not a control frame")]
+    NotControl(FrameType),
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({have} of {want} bytes)")]
     Truncated {
