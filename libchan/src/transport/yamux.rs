@@ -8,11 +8,11 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -136,7 +136,101 @@ impl Mux for YamuxMux {
 
 fn split(stream: yamux::Stream) -> RawStream {
     let (read, write) = tokio::io::split(stream.compat());
-    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+    let halves = Arc::new(Halves::default());
+    let waker = Waker::from(halves.clone());
+    RawStream {
+        read: Box::new(Half {
+            inner: read,
+            halves: halves.clone(),
+            waker: waker.clone(),
+            side: Side::Read,
+        }),
+        write: Box::new(Half { inner: write, halves, waker, side: Side::Write }),
+        permit: None,
+    }
+}
+
+/// The tasks polling the two halves of one yamux stream.
+///
+/// A `yamux::Stream` keeps one waker slot for both directions: reading sends window updates
+/// through the same channel sender that writing uses, and that sender remembers only the last
+/// task that found the channel full. With the halves in two tasks (a `ByteStream` split into
+/// reader and writer), the reader's poll replaced the parked writer's waker, and the writer
+/// was never woken again (rust-yamux issue #232). So each half polls the stream with a waker
+/// that wakes both tasks; a half woken for the other one polls again and finds nothing.
+#[derive(Default)]
+struct Halves {
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Wake for Halves {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read.wake();
+        self.write.wake();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// One half of a split stream, polled with the waker of [`Halves`].
+struct Half<T> {
+    inner: T,
+    halves: Arc<Halves>,
+    waker: Waker,
+    side: Side,
+}
+
+impl<T: Unpin> Half<T> {
+    /// Registers the caller's task for its side and returns the inner half and the waker to
+    /// poll it with.
+    fn enter(&mut self, cx: &Context<'_>) -> (Pin<&mut T>, &Waker) {
+        match self.side {
+            Side::Read => self.halves.read.register(cx.waker()),
+            Side::Write => self.halves.write.register(cx.waker()),
+        }
+        (Pin::new(&mut self.inner), &self.waker)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Half<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_read(&mut Context::from_waker(waker), buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Half<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_write(&mut Context::from_waker(waker), buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_flush(&mut Context::from_waker(waker))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_shutdown(&mut Context::from_waker(waker))
+    }
 }
 
 struct Driver<S> {
