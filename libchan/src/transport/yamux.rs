@@ -135,19 +135,19 @@ impl Mux for YamuxMux {
 }
 
 fn split(stream: yamux::Stream) -> RawStream {
-    let (read, write) = tokio::io::split(stream.compat());
+    let (read, write) = split_halves(stream.compat());
+    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+}
+
+/// Splits `stream` into halves that may be polled from two tasks (see [`Halves`]).
+fn split_halves<T: AsyncRead + AsyncWrite>(
+    stream: T,
+) -> (Half<tokio::io::ReadHalf<T>>, Half<tokio::io::WriteHalf<T>>) {
+    let (read, write) = tokio::io::split(stream);
     let halves = Arc::new(Halves::default());
     let waker = Waker::from(halves.clone());
-    RawStream {
-        read: Box::new(Half {
-            inner: read,
-            halves: halves.clone(),
-            waker: waker.clone(),
-            side: Side::Read,
-        }),
-        write: Box::new(Half { inner: write, halves, waker, side: Side::Write }),
-        permit: None,
-    }
+    let read = Half { inner: read, halves: halves.clone(), waker: waker.clone(), side: Side::Read };
+    (read, Half { inner: write, halves, waker, side: Side::Write })
 }
 
 /// The tasks polling the two halves of one yamux stream.
@@ -296,3 +296,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
 /// Streams yamux admits beyond the session's own limit.
 const YAMUX_MARGIN: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Like a `yamux::Stream` whose channel is full: reads and writes wait, and the stream
+    /// keeps only the last waker it was polled with.
+    #[derive(Default)]
+    struct OneSlot {
+        waker: Option<Waker>,
+    }
+
+    impl AsyncRead for OneSlot {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for OneSlot {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The writer waits, then the reader polls from another task and replaces the stream's
+    /// only waker: waking that waker must still wake the writer's task.
+    #[test]
+    fn the_reader_does_not_take_the_writers_wake_up() {
+        let (mut read, mut write) = split_halves(OneSlot::default());
+        let (writer, reader) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let writer_waker = Waker::from(writer.clone());
+        let reader_waker = Waker::from(reader.clone());
+        let mut cx = Context::from_waker(&writer_waker);
+        assert!(Pin::new(&mut write).poll_write(&mut cx, b"bytes").is_pending());
+        let mut cx = Context::from_waker(&reader_waker);
+        let mut buf = [0u8; 8];
+        assert!(Pin::new(&mut read).poll_read(&mut cx, &mut ReadBuf::new(&mut buf)).is_pending());
+        // What the connection does once the channel has room: wake the one waker it kept.
+        let stream = read.inner.unsplit(write.inner);
+        stream.waker.expect("a waker").wake();
+        assert_eq!(writer.0.load(Ordering::SeqCst), 1, "the writer is woken");
+        assert_eq!(reader.0.load(Ordering::SeqCst), 1, "the reader is woken");
+    }
+}
