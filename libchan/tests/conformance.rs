@@ -310,6 +310,66 @@ async fn byte_stream_100_mib(t: Transport) {
     assert_eq!(digest, writer.await.unwrap(), "checksums differ");
 }
 
+/// A byte stream echoed by the peer, read and written from two tasks at each end
+/// (`tokio::io::split`), many windows each way. Over yamux a stream's reader and writer share
+/// one waker slot for the frames they queue: the reader's window updates used to steal the
+/// parked writer's wake-up, and the echo stalled with the writer still writing.
+async fn byte_stream_split_echo(t: Transport) {
+    const TOTAL: usize = 4 << 20;
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel_back::<ByteStream>().await;
+    let (kept, theirs) = byte_pipe();
+    tx.send(theirs).await.unwrap();
+    // The echo: the kept end's halves in two tasks, like a process's stdin and stdout.
+    let (mut kept_read, mut kept_write) = tokio::io::split(kept);
+    let (mut into_echo, mut out_of_echo) = tokio::io::duplex(64 * 1024);
+    let echo_in = tokio::spawn(async move {
+        tokio::io::copy(&mut kept_read, &mut into_echo).await.unwrap();
+    });
+    let echo_out = tokio::spawn(async move {
+        tokio::io::copy(&mut out_of_echo, &mut kept_write).await.unwrap();
+        kept_write.shutdown().await.unwrap();
+    });
+    let stream = within("the stream", rx.recv()).await.unwrap().unwrap();
+    let (mut read, mut write) = tokio::io::split(stream);
+    let pattern = |n: usize| (n % 251) as u8;
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < TOTAL {
+            let chunk: Vec<u8> = (sent..(sent + 8 * 1024).min(TOTAL)).map(pattern).collect();
+            write.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+        write.shutdown().await.unwrap();
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = 0;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(20), read.read(&mut buf)).await;
+        let n = read
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the echo stalled: {got} of {TOTAL} bytes back, the writer {}",
+                    if writer.is_finished() { "done" } else { "still writing" }
+                )
+            })
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            buf[..n].iter().enumerate().all(|(i, b)| *b == pattern(got + i)),
+            "bytes out of order after {got}"
+        );
+        got += n;
+    }
+    assert_eq!(got, TOTAL);
+    within("the writer", writer).await.unwrap();
+    let (echo_in, echo_out) = within("the echo", async { (echo_in.await, echo_out.await) }).await;
+    echo_in.unwrap();
+    echo_out.unwrap();
+}
+
 /// The ends of a byte pipe, sent at every moment of their life: bytes written before the send
 /// come first, an end of stream before the send arrives, an end dropped before the send still
 /// delivers, and two ends both sent stay connected through the sessions.
@@ -559,6 +619,8 @@ macro_rules! conformance {
             async fn byte_stream_100_mib() { super::byte_stream_100_mib(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_pipe_ends_sent() { super::byte_pipe_ends_sent(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_stream_split_echo() { super::byte_stream_split_echo(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sent_and_closed_before_accept() { super::sent_and_closed_before_accept(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,11 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -135,8 +135,102 @@ impl Mux for YamuxMux {
 }
 
 fn split(stream: yamux::Stream) -> RawStream {
-    let (read, write) = tokio::io::split(stream.compat());
+    let (read, write) = split_halves(stream.compat());
     RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+}
+
+/// Splits `stream` into halves that may be polled from two tasks (see [`Halves`]).
+fn split_halves<T: AsyncRead + AsyncWrite>(
+    stream: T,
+) -> (Half<tokio::io::ReadHalf<T>>, Half<tokio::io::WriteHalf<T>>) {
+    let (read, write) = tokio::io::split(stream);
+    let halves = Arc::new(Halves::default());
+    let waker = Waker::from(halves.clone());
+    let read = Half { inner: read, halves: halves.clone(), waker: waker.clone(), side: Side::Read };
+    (read, Half { inner: write, halves, waker, side: Side::Write })
+}
+
+/// The tasks polling the two halves of one yamux stream.
+///
+/// A `yamux::Stream` keeps one waker slot for both directions: reading sends window updates
+/// through the same channel sender that writing uses, and that sender remembers only the last
+/// task that found the channel full. With the halves in two tasks (a `ByteStream` split into
+/// reader and writer), the reader's poll replaced the parked writer's waker, and the writer
+/// was never woken again (rust-yamux issue #232). So each half polls the stream with a waker
+/// that wakes both tasks; a half woken for the other one polls again and finds nothing.
+#[derive(Default)]
+struct Halves {
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Wake for Halves {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read.wake();
+        self.write.wake();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// One half of a split stream, polled with the waker of [`Halves`].
+struct Half<T> {
+    inner: T,
+    halves: Arc<Halves>,
+    waker: Waker,
+    side: Side,
+}
+
+impl<T: Unpin> Half<T> {
+    /// Registers the caller's task for its side and returns the inner half and the waker to
+    /// poll it with.
+    fn enter(&mut self, cx: &Context<'_>) -> (Pin<&mut T>, &Waker) {
+        match self.side {
+            Side::Read => self.halves.read.register(cx.waker()),
+            Side::Write => self.halves.write.register(cx.waker()),
+        }
+        (Pin::new(&mut self.inner), &self.waker)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Half<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_read(&mut Context::from_waker(waker), buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Half<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_write(&mut Context::from_waker(waker), buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_flush(&mut Context::from_waker(waker))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (inner, waker) = self.get_mut().enter(cx);
+        inner.poll_shutdown(&mut Context::from_waker(waker))
+    }
 }
 
 struct Driver<S> {
@@ -202,3 +296,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
 /// Streams yamux admits beyond the session's own limit.
 const YAMUX_MARGIN: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Like a `yamux::Stream` whose channel is full: reads and writes wait, and the stream
+    /// keeps only the last waker it was polled with.
+    #[derive(Default)]
+    struct OneSlot {
+        waker: Option<Waker>,
+    }
+
+    impl AsyncRead for OneSlot {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for OneSlot {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The writer waits, then the reader polls from another task and replaces the stream's
+    /// only waker: waking that waker must still wake the writer's task.
+    #[test]
+    fn the_reader_does_not_take_the_writers_wake_up() {
+        let (mut read, mut write) = split_halves(OneSlot::default());
+        let (writer, reader) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let writer_waker = Waker::from(writer.clone());
+        let reader_waker = Waker::from(reader.clone());
+        let mut cx = Context::from_waker(&writer_waker);
+        assert!(Pin::new(&mut write).poll_write(&mut cx, b"bytes").is_pending());
+        let mut cx = Context::from_waker(&reader_waker);
+        let mut buf = [0u8; 8];
+        assert!(Pin::new(&mut read).poll_read(&mut cx, &mut ReadBuf::new(&mut buf)).is_pending());
+        // What the connection does once the channel has room: wake the one waker it kept.
+        let stream = read.inner.unsplit(write.inner);
+        stream.waker.expect("a waker").wake();
+        assert_eq!(writer.0.load(Ordering::SeqCst), 1, "the writer is woken");
+        assert_eq!(reader.0.load(Ordering::SeqCst), 1, "the reader is woken");
+    }
+}
