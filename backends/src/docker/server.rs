@@ -785,16 +785,10 @@ async fn container(front: &Arc<Frontend>, id: &str) -> Result<Client, Failure> {
 /// The inspect document of the container called `name`: the one its `Attach` answer carries
 /// (`Ack(ID, INSPECT_JSON)`, one round trip), else its `Get`.
 async fn inspect(front: &Arc<Frontend>, name: &str) -> Result<Value, Failure> {
-    let (answer, _) = front.host.call(Verb::Attach, [name]).await?;
-    let state = match (answer.verb, answer.args.get(1), answer.ret) {
-        (Verb::Ack, Some(state), _) => state.clone(),
-        (Verb::Ack, None, Some(object)) => {
-            let object = Client::new(object).named(name).with_timeout(front.host.timeout());
-            object.get().await?
-        }
-        (verb, _, _) => {
-            return Err(Failure::new(502, format!("Attach answered {verb} without a container")))
-        }
+    let attached = front.host.attach(name).await?;
+    let state = match attached.args.into_iter().nth(1) {
+        Some(state) => state,
+        None => attached.object.get().await?,
     };
     serde_json::from_str(&state)
         .map_err(|error| Failure::new(502, format!("bad inspect JSON: {error}")))

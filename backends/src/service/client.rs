@@ -37,6 +37,9 @@ pub struct Client {
 pub struct Attached {
     /// The object, to send further requests to.
     pub object: Client,
+    /// The `Ack`'s arguments: the object's id, and what else the service sends with it (a
+    /// Docker host sends the container's inspect document, `docs/docker.md`).
+    pub args: Vec<String>,
     /// What the object sends after its `Ack`, if anything (a stream, for `Attach("")`).
     pub events: Receiver<Message>,
     /// The byte stream that came with the `Ack`, if any.
@@ -164,7 +167,7 @@ impl Client {
             Some(target) => Client { target, ..self.clone() },
             None => self.clone(),
         };
-        Ok(Attached { object, events, att: reply.att })
+        Ok(Attached { object, events, args: reply.args, att: reply.att })
     }
 
     /// `Start`, answered by `Ack`.
