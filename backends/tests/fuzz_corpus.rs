@@ -2,10 +2,9 @@
 //! the functions the fuzz targets call (`backends::fuzz_support`), so `cargo test` runs every
 //! seed and every input the fuzzer found. How the corpus is made and run: `docs/fuzzing.md`.
 
-use std::path::PathBuf;
-
 use backends::fuzz_support;
 use backends::service::{SpecError, Verb};
+use libchan::fuzz_support::corpus;
 
 #[test]
 fn message_corpus_replays_as_swarm_messages() {
@@ -106,20 +105,4 @@ fn docker_request_corpus_replays() {
             _ => {}
         }
     }
-}
-
-/// Every file of `fuzz/corpus/TARGET`, by name, in name order.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{}: the corpus is missing", dir.display());
-    files
 }

@@ -15,6 +15,8 @@
 //!   session is a detached one (no connection under it, opening a stream fails), and the input can first park nested streams in its table as if
 //!   their OPENs had arrived. A decoded message must stay within the limits, re-encode, decode
 //!   again on the peer, and re-encode to the same bytes.
+//!
+//! [`corpus`] reads the committed seeds for the replay tests of this crate and of `backends`.
 
 use std::future::Future;
 use std::io;
@@ -31,6 +33,26 @@ use crate::proto::{frame, Accept, CloseErr, Direction, FrameDecoder, FrameError,
 use crate::session::SessionInner;
 use crate::transport::{Mux, RawStream};
 use crate::{Limits, Message, RecvError};
+
+/// Every file of the committed corpus `fuzz/corpus/TARGET`, by name, in name order.
+///
+/// # Panics
+/// The directory cannot be read, or holds fewer than five files (the corpus is missing).
+pub fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("a directory entry").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name, data)
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{}: the corpus is missing", dir.display());
+    files
+}
 
 /// Largest MSG payload the [`frame`] target allows; small, so the fuzzer reaches the limit.
 pub const FRAME_MAX_MESSAGE: usize = 1024;

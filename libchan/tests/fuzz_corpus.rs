@@ -3,9 +3,7 @@
 //! and every input the fuzzer found; and checks the message limits on the same path at their
 //! boundaries. How the corpus is made and run: `docs/fuzzing.md`.
 
-use std::path::PathBuf;
-
-use libchan::fuzz_support::{self, MessageCase};
+use libchan::fuzz_support::{self, corpus, MessageCase};
 use libchan::proto::{Code, Direction, FrameError, FrameType, Kind, Open};
 use libchan::{Limits, Value};
 
@@ -204,20 +202,4 @@ fn senders(count: usize) -> Vec<u8> {
 /// The message as received by the listener on channel 3, nothing parked.
 fn listener_case(payload: &[u8]) -> Vec<u8> {
     MessageCase { dialer: false, channel: 3, parked: Vec::new(), payload }.to_bytes()
-}
-
-/// Every file of `fuzz/corpus/TARGET`, by name, in name order.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{}: the corpus is missing", dir.display());
-    files
 }
