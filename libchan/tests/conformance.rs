@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod support;
+
+use support::swarm;
+
 #[derive(Clone, Copy, Debug)]
 enum Transport {
     Memory,
@@ -15,22 +19,6 @@ enum Transport {
     Unix,
     Tls,
     Quic,
-}
-
-/// A throwaway swarm CA with nodes "client" and "server" (the latter also named by
-/// 127.0.0.1), minted once per test process.
-fn swarm() -> &'static (libchan::Tls, libchan::Tls) {
-    static SWARM: std::sync::OnceLock<(libchan::Tls, libchan::Tls)> = std::sync::OnceLock::new();
-    SWARM.get_or_init(|| {
-        let ca = certs::Ca::create("conformance CA").unwrap();
-        let ip = "127.0.0.1".parse().unwrap();
-        let tls = |name: &str| {
-            let id = certs::Identity::new(&ca, &ca.issue(name, &[], &[ip]).unwrap()).unwrap();
-            libchan::Tls::new(id.client_config(), id.server_config())
-                .with_peer_name(|chain| certs::peer_name(chain).ok())
-        };
-        (tls("client"), tls("server"))
-    })
 }
 
 /// Two connected sessions over `transport` (not for `Memory`).

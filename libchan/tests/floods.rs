@@ -19,24 +19,12 @@ use libchan::{Limits, Listener, Session, PREAMBLE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod support;
+
+use support::{swarm, Bystander};
+
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
-
-/// A throwaway swarm CA with nodes "client" and "server" (the latter also named by
-/// 127.0.0.1), minted once per test process.
-fn swarm() -> &'static (libchan::Tls, libchan::Tls) {
-    static SWARM: std::sync::OnceLock<(libchan::Tls, libchan::Tls)> = std::sync::OnceLock::new();
-    SWARM.get_or_init(|| {
-        let ca = certs::Ca::create("floods CA").unwrap();
-        let ip = "127.0.0.1".parse().unwrap();
-        let tls = |name: &str| {
-            let id = certs::Identity::new(&ca, &ca.issue(name, &[], &[ip]).unwrap()).unwrap();
-            libchan::Tls::new(id.client_config(), id.server_config())
-                .with_peer_name(|chain| certs::peer_name(chain).ok())
-        };
-        (tls("client"), tls("server"))
-    })
-}
 
 /// A listener on loopback for `scheme` (tcp, tls or quic).
 async fn listener(scheme: &str, limits: Limits) -> Listener {
@@ -207,61 +195,17 @@ async fn released(meter: &Meter, bound: usize, what: &str) {
 }
 
 /// A well-behaved client session on the same listener, doing request/response in a loop
-/// while the abuse goes on. `finish` checks it kept answering throughout.
-struct Bystander {
-    rounds: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
-    _sessions: (Session, Session),
+/// while the abuse goes on.
+async fn bystander(listener: &Listener) -> Bystander {
+    let (client, server) = connect("tcp", listener, Limits::default()).await;
+    Bystander::over(client, server).await
 }
 
-impl Bystander {
-    async fn start(listener: &Listener) -> Self {
-        let (client, server) = connect("tcp", listener, Limits::default()).await;
-        let requests = client.open::<(u64, libchan::Sender<u64>)>().await.unwrap();
-        let mut incoming =
-            within("bystander accept", server.accept::<(u64, libchan::Sender<u64>)>())
-                .await
-                .unwrap();
-        tokio::spawn(async move {
-            while let Ok(Some((n, reply))) = incoming.recv().await {
-                let _ = reply.send(n + 1).await;
-            }
-        });
-        let rounds = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (rounds.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                let (reply, mut answer) = libchan::pipe();
-                requests.send((n, reply)).await.map_err(|e| e.to_string())?;
-                let got = tokio::time::timeout(Duration::from_secs(10), answer.recv())
-                    .await
-                    .map_err(|_| format!("no answer to round {n} within 10 s"))?
-                    .map_err(|e| e.to_string())?;
-                if got != Some(n + 1) {
-                    return Err(format!("round {n}: got {got:?}"));
-                }
-                n += 1;
-                r.store(n as usize, Ordering::Relaxed);
-            }
-            Ok(())
-        });
-        Self { rounds, stop, task, _sessions: (client, server) }
-    }
-
-    /// Checks the bystander made progress during the abuse and never failed.
-    async fn finish(self, before: usize) {
-        let during = self.rounds.load(Ordering::Relaxed);
-        self.stop.store(true, Ordering::Relaxed);
-        within("the bystander", self.task).await.unwrap().expect("the bystander session failed");
-        assert!(during > before, "the bystander made no progress during the abuse");
-    }
-
-    fn rounds(&self) -> usize {
-        self.rounds.load(Ordering::Relaxed)
-    }
+/// Checks the bystander made progress during the abuse and never failed.
+async fn finish(bystander: Bystander, before: usize) {
+    let during = bystander.rounds();
+    bystander.finish().await;
+    assert!(during > before, "the bystander made no progress during the abuse");
 }
 
 /// A hand-driven yamux peer on `listener`, and the listener's session for it.
@@ -309,7 +253,7 @@ async fn slow_loris_connections_and_streams_are_dropped_and_released() {
     limits.open_timeout = Duration::from_millis(500);
     limits.max_streams = 64;
     let listener = listener("tcp", limits.clone()).await;
-    let bystander = Bystander::start(&listener).await;
+    let bystander = bystander(&listener).await;
     let meter = Meter::start();
     let before = bystander.rounds();
 
@@ -357,7 +301,7 @@ async fn slow_loris_connections_and_streams_are_dropped_and_released() {
     w.write_all(&frame_bytes(FrameType::Msg, &msg)).await.unwrap();
     let mut rx = within("accept after the abuse", session.accept::<String>()).await.unwrap();
     assert_eq!(within("recv", rx.recv()).await.unwrap().as_deref(), Some("still here"));
-    bystander.finish(before).await;
+    finish(bystander, before).await;
 }
 
 /// A peer sends messages at the size limit on all its channels as fast as the transport
@@ -371,7 +315,7 @@ async fn messages_at_the_size_limit_as_fast_as_possible_stay_bounded() {
     limits.max_streams = 16;
     limits.send_buffer = MIB;
     let listener = listener("tcp", limits.clone()).await;
-    let bystander = Bystander::start(&listener).await;
+    let bystander = bystander(&listener).await;
     let meter = Meter::start();
     let before = bystander.rounds();
     let (client, server) = connect("tcp", &listener, limits.clone()).await;
@@ -428,7 +372,7 @@ async fn messages_at_the_size_limit_as_fast_as_possible_stay_bounded() {
     eprintln!("size-limit flood: peak {peak} bytes, bound {bound}");
     drop((client, server));
     released(&meter, 2 * MIB, "size-limit flood").await;
-    bystander.finish(before).await;
+    finish(bystander, before).await;
 }
 
 /// Wide and deep messages at the limits, to an untyped receiver (the costliest decode):
@@ -441,7 +385,7 @@ async fn wide_and_deep_messages_stay_bounded() {
     limits.max_message_len = MIB;
     limits.max_depth = 64;
     let listener = listener("tcp", limits.clone()).await;
-    let bystander = Bystander::start(&listener).await;
+    let bystander = bystander(&listener).await;
     let meter = Meter::start();
     let before = bystander.rounds();
     let (session, peer) = hostile(&listener).await;
@@ -494,7 +438,7 @@ async fn wide_and_deep_messages_stay_bounded() {
     assert!(peak < bound, "peak {peak} bytes over the bound of {bound}");
     drop(rx);
     released(&meter, 2 * MIB, "wide and deep").await;
-    bystander.finish(before).await;
+    finish(bystander, before).await;
 }
 
 /// Nested streams that no message ever names, and references whose streams never come:
@@ -508,7 +452,7 @@ async fn pending_references_never_claimed_are_bounded_and_expire() {
     limits.pending_ref_ttl = Duration::from_millis(800);
     limits.max_streams = 512;
     let listener = listener("tcp", limits.clone()).await;
-    let bystander = Bystander::start(&listener).await;
+    let bystander = bystander(&listener).await;
     let meter = Meter::start();
     let before = bystander.rounds();
     let (session, peer) = hostile(&listener).await;
@@ -561,7 +505,7 @@ async fn pending_references_never_claimed_are_bounded_and_expire() {
     let err = within("40 more", rx.recv()).await.unwrap_err();
     assert!(err.to_string().contains("more than 64 references pending"), "{err}");
     drop(first);
-    bystander.finish(before).await;
+    finish(bystander, before).await;
 }
 
 /// A peer that never reads cannot hold a clean close up: it ends after `drain_timeout`.

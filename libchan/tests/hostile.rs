@@ -10,6 +10,10 @@ use libchan::{Limits, RecvError, SendFailure, Sender, Session, Value, PREAMBLE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod support;
+
+use support::Bystander;
+
 /// A libchan session on one side, a hand-driven yamux peer on the other.
 async fn hostile_pair(limits: Limits) -> (Session, RawYamux) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,61 +65,16 @@ async fn still_serving(session: &Session, peer: &RawYamux, ref_id: u64) {
 }
 
 /// A well-behaved session pair in the same process, doing request/response in a loop while
-/// a test abuses another session; `finish` checks it kept answering and never failed.
-struct Bystander {
-    rounds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+/// a test abuses another session.
+async fn bystander() -> Bystander {
+    let (client, server) = real_pair(Limits::default()).await;
+    Bystander::over(client, server).await
 }
 
-impl Bystander {
-    async fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        let (client, server) = real_pair(Limits::default()).await;
-        let requests = client.open::<(u64, Sender<u64>)>().await.unwrap();
-        let mut incoming = within(server.accept::<(u64, Sender<u64>)>()).await.unwrap();
-        tokio::spawn(async move {
-            let _server = server;
-            while let Ok(Some((n, reply))) = incoming.recv().await {
-                let _ = reply.send(n + 1).await;
-            }
-        });
-        let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (r, s) = (rounds.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let _client = client;
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                let (reply, mut answer) = libchan::pipe();
-                requests.send((n, reply)).await.map_err(|e| e.to_string())?;
-                let got = tokio::time::timeout(Duration::from_secs(10), answer.recv())
-                    .await
-                    .map_err(|_| format!("no answer to round {n} within 10 s"))?
-                    .map_err(|e| e.to_string())?;
-                if got != Some(n + 1) {
-                    return Err(format!("round {n}: got {got:?}"));
-                }
-                n += 1;
-                r.store(n as usize, Ordering::Relaxed);
-            }
-            Ok(())
-        });
-        Self { rounds, task, stop }
-    }
-
-    async fn finish(self) {
-        use std::sync::atomic::Ordering;
-        // At least one more round after the abuse, then stop.
-        let after = self.rounds.load(Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while self.rounds.load(Ordering::Relaxed) <= after {
-            assert!(tokio::time::Instant::now() < deadline, "the bystander stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        within(self.task).await.unwrap().expect("the bystander session failed");
-    }
+/// At least one more round after the abuse, then the bystander stops, never having failed.
+async fn finish(bystander: Bystander) {
+    bystander.one_more_round().await;
+    bystander.finish().await;
 }
 
 #[tokio::test]
@@ -144,7 +103,7 @@ async fn read_frame(r: &mut BoxRead) -> (u8, Vec<u8>) {
 /// that message, the channel ends, and the sender learns why (CLOSE_ERR DECODE).
 #[tokio::test]
 async fn malformed_cbor_ends_the_channel_with_decode() {
-    let bystander = Bystander::start().await;
+    let bystander = bystander().await;
     let (session, peer) = hostile_pair(Limits::default()).await;
     let (mut r, mut w) = raw_channel(&peer, 1).await;
     w.write_all(&frame_bytes(FrameType::Msg, &[0x1c])).await.unwrap();
@@ -158,7 +117,7 @@ async fn malformed_cbor_ends_the_channel_with_decode() {
     assert_eq!(close.code, Code::Decode);
     assert!(close.message.contains("malformed CBOR"), "{}", close.message);
     still_serving(&session, &peer, 3).await;
-    bystander.finish().await;
+    finish(bystander).await;
 }
 
 /// Well-formed CBOR of another shape than the receiver's type fails that message only.
@@ -190,7 +149,7 @@ async fn trailing_bytes_after_a_message_are_a_protocol_error() {
 
 #[tokio::test]
 async fn reference_from_another_channel_is_refused() {
-    let bystander = Bystander::start().await;
+    let bystander = bystander().await;
     let (session, peer) = hostile_pair(Limits::default()).await;
     let (_r, mut w) = raw_channel(&peer, 1).await;
     // A nested stream that claims to belong to channel 5, named in a message on channel 1.
@@ -206,12 +165,12 @@ async fn reference_from_another_channel_is_refused() {
         "{err}"
     );
     still_serving(&session, &peer, 7).await;
-    bystander.finish().await;
+    finish(bystander).await;
 }
 
 #[tokio::test]
 async fn byte_stream_where_a_channel_is_expected_is_refused() {
-    let bystander = Bystander::start().await;
+    let bystander = bystander().await;
     let (session, peer) = hostile_pair(Limits::default()).await;
     let (_r, mut w) = raw_channel(&peer, 1).await;
     let (_nr, mut nw) = peer.open().await.unwrap();
@@ -229,7 +188,7 @@ async fn byte_stream_where_a_channel_is_expected_is_refused() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    bystander.finish().await;
+    finish(bystander).await;
 }
 
 #[tokio::test]
@@ -416,7 +375,7 @@ async fn reference_zero_from_the_listener_is_refused() {
 
 #[tokio::test]
 async fn reuse_of_a_claimed_reference_is_refused_at_once() {
-    let bystander = Bystander::start().await;
+    let bystander = bystander().await;
     let mut limits = Limits::default();
     limits.pending_ref_ttl = Duration::from_secs(120);
     let (session, peer) = hostile_pair(limits).await;
@@ -443,7 +402,7 @@ async fn reuse_of_a_claimed_reference_is_refused_at_once() {
         .unwrap_err();
     assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("already used")), "{err}");
     still_serving(&session, &peer, 5).await;
-    bystander.finish().await;
+    finish(bystander).await;
 }
 
 #[tokio::test]
@@ -483,7 +442,7 @@ async fn a_message_on_the_control_stream_closes_the_session() {
 /// protocol violation, and the session goes on.
 #[tokio::test]
 async fn frames_of_the_wrong_type_for_the_state_end_the_channel() {
-    let bystander = Bystander::start().await;
+    let bystander = bystander().await;
     let (session, peer) = hostile_pair(Limits::default()).await;
     let open = open_frame(99, 0, Kind::Channel, Direction::OpenerSends);
     let wrong = [
@@ -507,7 +466,7 @@ async fn frames_of_the_wrong_type_for_the_state_end_the_channel() {
         held.push((r, w));
     }
     still_serving(&session, &peer, 101).await;
-    bystander.finish().await;
+    finish(bystander).await;
 }
 
 /// Two real sessions over TCP, the listener with `server` limits.

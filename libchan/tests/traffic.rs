@@ -3,6 +3,10 @@
 
 use libchan::{Limits, Session, Traffic};
 
+mod support;
+
+use support::swarm;
+
 const PAYLOAD: usize = 256 * 1024;
 
 async fn tcp() -> (Session, Session) {
@@ -12,18 +16,11 @@ async fn tcp() -> (Session, Session) {
 }
 
 async fn quic() -> (Session, Session) {
-    let ca = certs::Ca::create("traffic CA").unwrap();
-    let ip = "127.0.0.1".parse().unwrap();
-    let tls = |name: &str| {
-        let id = certs::Identity::new(&ca, &ca.issue(name, &[], &[ip]).unwrap()).unwrap();
-        libchan::Tls::new(id.client_config(), id.server_config())
-    };
-    let listener = libchan::listen_secure("quic://127.0.0.1:0", Limits::default(), &tls("server"))
-        .await
-        .unwrap();
+    let (client_tls, server_tls) = swarm();
+    let listener =
+        libchan::listen_secure("quic://127.0.0.1:0", Limits::default(), server_tls).await.unwrap();
     let url = listener.local_url().to_owned();
-    let client_tls = tls("client");
-    let client = libchan::connect_secure(&url, Limits::default(), &client_tls);
+    let client = libchan::connect_secure(&url, Limits::default(), client_tls);
     let (client, server) = tokio::join!(client, listener.accept());
     (client.unwrap(), server.unwrap())
 }
