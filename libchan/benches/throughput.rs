@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use libchan::raw::{BoxRead, BoxWrite, RawYamux};
+use libchan::raw::{BoxRead, RawYamux};
 use libchan::{byte_pipe, pipe, ByteStream, Limits, Sender, Session, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -55,6 +55,9 @@ impl Net {
 }
 
 /// One direction-pair of a raw stream, and what keeps its connection open.
+/// Any raw stream's write half (raw rustls and quinn streams too, not only yamux's).
+type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
 struct RawStream {
     read: BoxRead,
     write: BoxWrite,

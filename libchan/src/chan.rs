@@ -1,6 +1,7 @@
 //! Typed channel ends: [`Sender`], [`Receiver`], in memory or on a session.
 
 use std::future::Future;
+use std::io;
 use std::marker::PhantomData;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -863,6 +864,13 @@ impl NetReceiver {
                             let close = CloseErr { code: Code::TooLarge, message: message.clone() };
                             self.stop_with(Some(close));
                             return Poll::Ready(Err(RecvError::Protocol(message)));
+                        }
+                        // A reset stream, or one cut by the loss of its connection (yamux
+                        // says which only through the session's reason, if it has one yet).
+                        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                            Err(RecvError::Connection(
+                                self.session.close_reason().unwrap_or_else(|| e.to_string()),
+                            ))
                         }
                         Err(e) => Err(e.into()),
                     };

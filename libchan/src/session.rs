@@ -706,6 +706,13 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
             Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
             // PROTOCOL.md §6.1: the control stream lives as long as the session.
             Ok(Ok(None)) => "peer ended its control stream without CLOSE_ERR".to_string(),
+            // On yamux a lost connection resets every stream: the driver's own reason, which
+            // follows at once, says more than the reset does.
+            Ok(Err(ReadError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                let mut closed = inner.closed.subscribe();
+                let _ = tokio::time::timeout(LOSS_GRACE, closed.wait_for(Option::is_some)).await;
+                format!("control stream reset: {e}")
+            }
             Ok(Err(e)) => {
                 let e = crate::RecvError::from(e);
                 format!("control stream failed: {e}")
@@ -721,6 +728,9 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
         return;
     }
 }
+
+/// How long a reset control stream waits for the connection's own reason for ending.
+const LOSS_GRACE: Duration = Duration::from_millis(200);
 
 /// Opens this side's control stream and writes a heartbeat every interval.
 async fn heartbeat(inner: Arc<SessionInner>, weak: Weak<SessionInner>) {

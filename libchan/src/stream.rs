@@ -2,11 +2,12 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use ciborium::tag::Required;
+use futures::FutureExt as _;
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -59,6 +60,8 @@ enum Inner {
 #[derive(Default)]
 struct Splice {
     state: Mutex<SpliceState>,
+    /// One end was reset: the other end's reads fail once the pipe is empty.
+    reset: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -85,6 +88,24 @@ enum NetState {
 impl ByteStream {
     fn with(inner: Inner) -> Self {
         Self { slot: Arc::new(Mutex::new(Some(inner))) }
+    }
+
+    /// Ends the stream abruptly, both ways: the peer's reads fail (on the network a stream
+    /// reset) instead of ending as after a shutdown. Use it when what the stream carried is
+    /// incomplete, for instance when its source failed. Dropping a stream, or shutting it
+    /// down, ends it cleanly.
+    pub fn reset(self) {
+        match lock(&self.slot).take() {
+            Some(Inner::Net(net) | Inner::Spliced(_, net)) => net.reset(),
+            Some(Inner::Mem(_, Some(splice))) => {
+                // A network stream handed over to this end and not yet taken is reset too.
+                if let Some(stream) = lock(&splice.state).handover.take() {
+                    reset_raw(stream);
+                }
+                splice.reset.store(true, std::sync::atomic::Ordering::Release);
+            }
+            _ => {}
+        }
     }
 
     pub(crate) fn from_pending(pending: PendingStream) -> Self {
@@ -170,18 +191,51 @@ impl NetBytes {
     }
 }
 
+impl NetBytes {
+    /// Resets the network stream instead of closing it (see [`ByteStream::reset`]).
+    fn reset(mut self) {
+        match std::mem::replace(&mut self.state, NetState::Failed(String::new())) {
+            NetState::Ready(stream) => reset_raw(stream),
+            // Not arrived yet: reset it when it does (or when the session gives up on it).
+            NetState::Waiting(rx, _) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if let Ok(Ok(stream)) = rx.await {
+                            reset_raw(stream);
+                        }
+                    });
+                }
+            }
+            NetState::Failed(_) => {}
+        }
+    }
+}
+
+fn reset_raw(stream: RawStream) {
+    let RawStream { read, write, permit } = stream;
+    write.reset();
+    drop((read, permit));
+}
+
 impl Drop for NetBytes {
     fn drop(&mut self) {
-        // Close before drop: a yamux stream dropped open is reset and loses queued bytes.
-        let NetState::Ready(mut stream) =
-            std::mem::replace(&mut self.state, NetState::Failed(String::new()))
-        else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = stream.write.shutdown().await;
-            });
+        // Close before drop: a yamux stream dropped open is reset and loses queued bytes. A
+        // stream that has not arrived yet is closed when it does.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        match std::mem::replace(&mut self.state, NetState::Failed(String::new())) {
+            NetState::Ready(mut stream) => {
+                runtime.spawn(async move {
+                    let _ = stream.write.shutdown().await;
+                });
+            }
+            NetState::Waiting(rx, _) => {
+                runtime.spawn(async move {
+                    if let Ok(Ok(mut stream)) = rx.await {
+                        let _ = stream.write.shutdown().await;
+                    }
+                });
+            }
+            NetState::Failed(_) => {}
         }
     }
 }
@@ -193,7 +247,17 @@ impl AsyncRead for ByteStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut().inner()? {
-            Inner::Mem(s, _) => Pin::new(s).poll_read(cx, buf),
+            Inner::Mem(s, splice) => {
+                let before = buf.filled().len();
+                ready!(Pin::new(s).poll_read(cx, buf))?;
+                let reset = splice
+                    .as_ref()
+                    .is_some_and(|s| s.reset.load(std::sync::atomic::Ordering::Acquire));
+                if buf.filled().len() == before && buf.remaining() > 0 && reset {
+                    return Poll::Ready(Err(reset_error()));
+                }
+                Poll::Ready(Ok(()))
+            }
             Inner::Net(n) => Pin::new(&mut ready!(n.poll_stream(cx))?.read).poll_read(cx, buf),
             Inner::Spliced(leftover, n) => {
                 if let Some(pipe) = leftover {
@@ -285,16 +349,9 @@ impl Serialize for ByteStream {
                     },
                     inner => (inner, stream),
                 };
-                let mut local = ByteStream::with(inner);
-                let mut remote =
-                    ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut local,
-                    &mut remote,
-                    RELAY_BUFFER,
-                    RELAY_BUFFER,
-                )
-                .await;
+                let local = ByteStream::with(inner);
+                let remote = ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
+                relay(local, remote).await;
             })
         });
         let id = context::export(Kind::ByteStream, Direction::OpenerSends, start)
@@ -360,6 +417,53 @@ async fn hand_over(
     // Closing our end lets the kept end read what was written to us before, then switch.
     drop(pipe);
     None
+}
+
+/// Copies bytes both ways between `a` and `b` until both directions have ended. The clean
+/// end of one direction is passed on as a clean end (shutdown); an error in either direction,
+/// reading or writing, resets both streams, so that neither peer takes a cut stream for a
+/// finished one.
+async fn relay(a: ByteStream, b: ByteStream) {
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let failed = {
+        let there = pin!(pump(&mut a_read, &mut b_write));
+        let back = pin!(pump(&mut b_read, &mut a_write));
+        let (mut there, mut back) = (there.fuse(), back.fuse());
+        let mut open = 2;
+        loop {
+            let done = tokio::select! {
+                done = &mut there => done,
+                done = &mut back => done,
+            };
+            match done {
+                Ok(()) if open == 2 => open = 1,
+                Ok(()) => break false,
+                Err(error) => {
+                    tracing::debug!(%error, "byte stream relay failed: resetting both sides");
+                    break true;
+                }
+            }
+        }
+    };
+    if failed {
+        a_read.unsplit(a_write).reset();
+        b_read.unsplit(b_write).reset();
+    }
+}
+
+/// Copies `from` into `to` until `from` ends, then shuts `to` down.
+async fn pump(
+    from: &mut tokio::io::ReadHalf<ByteStream>,
+    to: &mut tokio::io::WriteHalf<ByteStream>,
+) -> io::Result<()> {
+    let mut from = tokio::io::BufReader::with_capacity(RELAY_BUFFER, from);
+    tokio::io::copy_buf(&mut from, to).await?;
+    to.shutdown().await
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "byte stream reset by its other end")
 }
 
 const PIPE_BUFFER: usize = 256 * 1024;

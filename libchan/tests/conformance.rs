@@ -404,6 +404,103 @@ async fn byte_pipe_ends_sent(t: Transport) {
     assert_eq!(read_all(first).await, b"pong");
 }
 
+/// Reads `stream` until it fails; panics if it ends cleanly instead. Returns the bytes read.
+async fn read_until_error(what: &str, stream: &mut ByteStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match within("the reset to arrive", stream.read(&mut buf)).await {
+            Ok(0) => panic!("{what}: a reset stream ended cleanly after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return got,
+        }
+    }
+}
+
+/// A byte stream reset by its writer (its source failed) is an error for the reader, never
+/// the end of stream that a shutdown gives; both for the end that was sent and the kept one.
+async fn byte_stream_reset_is_an_error(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<ByteStream>().await;
+
+    let (mut kept, sent) = byte_pipe();
+    tx.send(sent).await.unwrap();
+    let mut far = within("the stream", rx.recv()).await.unwrap().unwrap();
+    kept.write_all(b"partial").await.unwrap();
+    kept.flush().await.unwrap();
+    let mut first = [0u8; 7];
+    within("the first bytes", far.read_exact(&mut first)).await.unwrap();
+    assert_eq!(&first, b"partial");
+    kept.reset();
+    assert_eq!(read_until_error("the far end", &mut far).await, b"", "nothing after the reset");
+
+    // The other way: the far end resets, and the kept end's reads fail.
+    let (mut kept, sent) = byte_pipe();
+    tx.send(sent).await.unwrap();
+    let far = within("the second stream", rx.recv()).await.unwrap().unwrap();
+    far.reset();
+    read_until_error("the kept end", &mut kept).await;
+}
+
+/// b relays a byte stream from a to c (a handle inside an untyped message): when a resets its
+/// end, c's reads fail; when c goes away mid-stream with a reset, a's writes fail.
+async fn relayed_byte_stream_reset(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return;
+    }
+    let (a, b_left) = sessions(t).await;
+    let (b_right, c) = sessions(t).await;
+    let to_b = a.open::<ByteStream>().await.unwrap();
+    let mut at_b = b_left.accept::<Value>().await.unwrap();
+    let b_to_c = b_right.open::<Value>().await.unwrap();
+    let _relay = tokio::spawn(libchan::copy(at_b_take(&mut at_b), b_to_c));
+    let mut at_c = c.accept::<ByteStream>().await.unwrap();
+
+    let (mut source, sent) = byte_pipe();
+    to_b.send(sent).await.unwrap();
+    let mut sink = within("the relayed stream", at_c.recv()).await.unwrap().unwrap();
+    source.write_all(&[7u8; 100_000]).await.unwrap();
+    let mut got = vec![0u8; 100_000];
+    within("the relayed bytes", sink.read_exact(&mut got)).await.unwrap();
+    source.reset();
+    assert_eq!(read_until_error("c", &mut sink).await, b"", "nothing after the reset");
+
+    let (mut source, sent) = byte_pipe();
+    to_b.send(sent).await.unwrap();
+    let sink = within("the second relayed stream", at_c.recv()).await.unwrap().unwrap();
+    sink.reset();
+    within("the writer to fail", async {
+        let chunk = vec![1u8; 64 * 1024];
+        // Bounded: the relay and both streams' windows hold a few MiB at most.
+        for _ in 0..4096 {
+            if source.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        panic!("256 MiB written into a stream whose reader was reset");
+    })
+    .await;
+}
+
+/// A byte stream still open when its session closes is cut: the reader on the other side gets
+/// an error, not a clean end of stream.
+async fn byte_stream_cut_by_session_close(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return;
+    }
+    let (left, right) = sessions(t).await;
+    let tx = left.open::<ByteStream>().await.unwrap();
+    let mut rx = right.accept::<ByteStream>().await.unwrap();
+    let (mut kept, sent) = byte_pipe();
+    tx.send(sent).await.unwrap();
+    let mut far = within("the stream", rx.recv()).await.unwrap().unwrap();
+    kept.write_all(b"begun").await.unwrap();
+    let mut first = [0u8; 5];
+    within("the first bytes", far.read_exact(&mut first)).await.unwrap();
+    within("the close", left.close(libchan::proto::Code::Ok, "done")).await;
+    read_until_error("the reader", &mut far).await;
+}
+
 /// A channel opened, written and closed before the peer accepts it, and a byte stream written
 /// and shut down at once, still deliver everything (on QUIC the opener has stopped reading by
 /// then, so the acceptor's ACCEPT cannot be written).
@@ -621,6 +718,12 @@ macro_rules! conformance {
             async fn drop_right_after_write() { super::drop_right_after_write(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fail_reaches_receiver() { super::fail_reaches_receiver(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_stream_reset_is_an_error() { super::byte_stream_reset_is_an_error(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn relayed_byte_stream_reset() { super::relayed_byte_stream_reset(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_stream_cut_by_session_close() { super::byte_stream_cut_by_session_close(T).await }
             #[tokio::test]
             async fn pipe_sender_shared_with_peer() { super::pipe_sender_shared_with_peer(T).await }
         }

@@ -20,7 +20,24 @@ use tokio::sync::OwnedSemaphorePermit;
 /// The read half of a multiplexed stream.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a multiplexed stream.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type BoxWrite = Box<dyn StreamWrite>;
+
+/// The sending direction of a multiplexed stream.
+pub trait StreamWrite: AsyncWrite + Send + Unpin {
+    /// Abandons the stream: the peer's reads fail instead of ending cleanly (RST on yamux,
+    /// RESET_STREAM on QUIC), and data not yet delivered may be lost. On yamux the reset
+    /// leaves when the read half is dropped too. Writers without resets just drop.
+    fn reset(self: Box<Self>) {}
+}
+
+impl StreamWrite for tokio::io::Sink {}
+
+impl StreamWrite for quinn::SendStream {
+    fn reset(mut self: Box<Self>) {
+        // Already finished or reset: nothing left to abandon.
+        let _ = quinn::SendStream::reset(&mut self, quinn::VarInt::from_u32(0));
+    }
+}
 
 /// One multiplexed stream, split into halves, with its share of the session's stream limit.
 pub(crate) struct RawStream {

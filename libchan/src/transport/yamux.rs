@@ -135,8 +135,40 @@ impl Mux for YamuxMux {
 }
 
 fn split(stream: yamux::Stream) -> RawStream {
+    let reset = stream.reset_handle();
     let (read, write) = split_halves(stream.compat());
-    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+    RawStream { read: Box::new(read), write: Box::new(YamuxWrite { write, reset }), permit: None }
+}
+
+/// The write half of a yamux stream, which can reset the stream.
+struct YamuxWrite<T> {
+    write: T,
+    reset: yamux::ResetHandle,
+}
+
+impl<T: AsyncWrite + Send + Unpin> super::StreamWrite for YamuxWrite<T> {
+    fn reset(self: Box<Self>) {
+        // Sent when the stream is dropped, that is with the read half.
+        self.reset.reset_on_drop();
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for YamuxWrite<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
+    }
 }
 
 /// Splits `stream` into halves that may be polled from two tasks (see [`Halves`]).

@@ -35,7 +35,7 @@ use std::collections::VecDeque;
 use std::task::{Context, Waker};
 use std::{fmt, sync::Arc, task::Poll};
 
-pub use stream::{Packet, State, Stream};
+pub use stream::{Packet, ResetHandle, State, Stream};
 
 /// How the connection is used.
 #[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
@@ -375,7 +375,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Active<T> {
     }
 
     /// Gracefully close the connection to the remote.
-    fn close(self) -> Closing<T> {
+    fn close(mut self) -> Closing<T> {
+        // Streams still open end with an error, not as if their peer had finished them.
+        self.drop_all_streams();
         let pending_frames = self
             .pending_read_frame
             .into_iter()
@@ -514,7 +516,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Active<T> {
         log::trace!("{}: removing dropped stream {}", self.id, stream_id);
         let frame = {
             let mut shared = s.lock();
+            let reset_on_drop = shared.reset_on_drop;
             let frame = match shared.update_state(self.id, stream_id, State::Closed) {
+                // Asked to reset: RST whatever was sent before, unless both sides are done.
+                State::Open { .. } | State::RecvClosed | State::SendClosed if reset_on_drop => {
+                    let mut header = Header::data(stream_id, 0);
+                    header.rst();
+                    Some(Frame::new(header))
+                }
                 // The stream was dropped without calling `poll_close`.
                 // We reset the stream to inform the remote of the closure.
                 State::Open { .. } => {
@@ -596,7 +605,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Active<T> {
             // stream reset
             if let Some(s) = self.streams.get_mut(&stream_id) {
                 let mut shared = s.lock();
-                shared.update_state(self.id, stream_id, State::Closed);
+                shared.mark_reset(self.id, stream_id);
                 if let Some(w) = shared.reader.take() {
                     w.wake()
                 }
@@ -699,7 +708,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Active<T> {
             // stream reset
             if let Some(s) = self.streams.get_mut(&stream_id) {
                 let mut shared = s.lock();
-                shared.update_state(self.id, stream_id, State::Closed);
+                shared.mark_reset(self.id, stream_id);
                 if let Some(w) = shared.reader.take() {
                     w.wake()
                 }
@@ -892,7 +901,7 @@ impl<T> Active<T> {
     fn drop_all_streams(&mut self) {
         for (id, s) in self.streams.drain() {
             let mut shared = s.lock();
-            shared.update_state(self.id, id, State::Closed);
+            shared.mark_reset(self.id, id);
             if let Some(w) = shared.reader.take() {
                 w.wake()
             }

@@ -178,6 +178,13 @@ impl Stream {
         matches!(self.shared().state(), State::Closed)
     }
 
+    /// Makes dropping this stream reset it (RST) instead of closing it, so that the peer's
+    /// reads fail rather than end cleanly. Returns a handle that does the same from elsewhere
+    /// (for instance from the write half of a split stream).
+    pub fn reset_handle(&self) -> ResetHandle {
+        ResetHandle(self.clone_shared())
+    }
+
     /// Whether we are still waiting for the remote to acknowledge this stream.
     pub fn is_pending_ack(&self) -> bool {
         self.shared().is_pending_ack()
@@ -286,7 +293,10 @@ impl futures::stream::Stream for Stream {
         // Buffer is empty, let's check if we can expect to read more data.
         if !shared.state().can_read() {
             log::debug!("{}/{}: eof", self.conn, self.id);
-            return Poll::Ready(None); // stream has been reset
+            if shared.reset {
+                return Poll::Ready(Some(Err(reset_error())));
+            }
+            return Poll::Ready(None);
         }
 
         // Since we have no more data at this point, we want to be woken up
@@ -341,7 +351,10 @@ impl AsyncRead for Stream {
         // Buffer is empty, let's check if we can expect to read more data.
         if !shared.state().can_read() {
             log::debug!("{}/{}: eof", self.conn, self.id);
-            return Poll::Ready(Ok(0)); // stream has been reset
+            if shared.reset {
+                return Poll::Ready(Err(reset_error()));
+            }
+            return Poll::Ready(Ok(0));
         }
 
         // Since we have no more data at this point, we want to be woken up
@@ -439,6 +452,11 @@ pub(crate) struct Shared {
     pub(crate) buffer: Chunks,
     pub(crate) reader: Option<Waker>,
     pub(crate) writer: Option<Waker>,
+    /// The receiving direction ended without a FIN: the peer reset the stream, or the
+    /// connection went away first. Reads then fail instead of reporting the end of stream.
+    pub(crate) reset: bool,
+    /// Dropping the stream resets it (RST), whatever its state, instead of closing it.
+    pub(crate) reset_on_drop: bool,
 }
 
 impl Shared {
@@ -463,7 +481,18 @@ impl Shared {
             buffer: Chunks::new(),
             reader: None,
             writer: None,
+            reset: false,
+            reset_on_drop: false,
         }
+    }
+
+    /// Closes the stream without a FIN from the peer: reads fail with `ConnectionReset` once
+    /// the buffered data is read, unless the receiving direction had already ended cleanly.
+    pub(crate) fn mark_reset(&mut self, cid: connection::Id, sid: StreamId) {
+        if self.state.can_read() {
+            self.reset = true;
+        }
+        self.update_state(cid, sid, State::Closed);
     }
 
     pub(crate) fn state(&self) -> State {
@@ -535,4 +564,29 @@ impl Shared {
     pub(crate) fn consume_receive_window(&mut self, i: u32) -> Result<(), ConnectionError> {
         self.flow_controller.consume_receive_window(i)
     }
+}
+
+/// A handle on a stream's shared state, to ask for a reset on drop (see
+/// [`Stream::reset_handle`]).
+#[derive(Clone)]
+pub struct ResetHandle(Arc<Mutex<Shared>>);
+
+impl ResetHandle {
+    /// Makes dropping the stream reset it (RST) instead of closing it.
+    pub fn reset_on_drop(&self) {
+        self.0.lock().reset_on_drop = true;
+    }
+}
+
+impl fmt::Debug for ResetHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResetHandle")
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "stream reset by the peer or connection lost before its end",
+    )
 }
