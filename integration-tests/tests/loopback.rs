@@ -141,7 +141,16 @@ async fn shutdown_is_graceful_and_exits_zero() {
     let tasks = Tasks::new();
     let host = client(a.url(), LIMIT, &tasks).await;
     assert_eq!(host.ls().await.unwrap(), ["b1"]);
-    let page = a.scrape();
+    // A counts a request once it has passed the answer on, which may be after the client has
+    // it: scrape until the count shows, within the bound.
+    let deadline = Instant::now() + LIMIT;
+    let page = loop {
+        let page = a.scrape();
+        if page.contains("swarm_request_duration_seconds_count 1") || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     for line in ["swarm_sessions_open 2", "swarm_request_duration_seconds_count 1"] {
         assert!(page.contains(line), "{line} missing from {page}");
