@@ -280,6 +280,26 @@ impl SessionInner {
     }
 
     fn mark_closed(&self, reason: String) {
+        self.set_closed(reason);
+        self.mux.close(Code::Ok, "session closed");
+    }
+
+    /// Marks the session closed by the peer's CLOSE_ERR and leaves the connection to the peer
+    /// to end, which it does right after: yamux does not order streams against each other, so
+    /// frames the peer sent before its CLOSE_ERR on other streams (the end of a byte stream)
+    /// may still be on the way. After [`PEER_CLOSE_LINGER`] this side closes it.
+    fn mark_closed_by_peer(self: &Arc<Self>, reason: String) {
+        self.set_closed(reason);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PEER_CLOSE_LINGER).await;
+            if let Some(inner) = weak.upgrade() {
+                inner.mux.close(Code::Ok, "session closed");
+            }
+        });
+    }
+
+    fn set_closed(&self, reason: String) {
         self.closed.send_if_modified(|state| {
             if state.is_none() {
                 tracing::debug!(peer = %self.peer, %reason, "session closed");
@@ -289,7 +309,6 @@ impl SessionInner {
                 false
             }
         });
-        self.mux.close(Code::Ok, "session closed");
     }
 
     async fn close(&self, code: Code, reason: &str) {
@@ -699,10 +718,14 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
         let Some(inner) = weak.upgrade() else { return };
         let reason = match next {
             Ok(Ok(Some((FrameType::Ping, _)))) => continue,
-            Ok(Ok(Some((FrameType::CloseErr, payload)))) => match CloseErr::decode(&payload) {
-                Ok(close) => format!("closed by peer with {}: {}", close.code, close.message),
-                Err(e) => format!("peer closed with a malformed CLOSE_ERR: {e}"),
-            },
+            Ok(Ok(Some((FrameType::CloseErr, payload)))) => {
+                let reason = match CloseErr::decode(&payload) {
+                    Ok(close) => format!("closed by peer with {}: {}", close.code, close.message),
+                    Err(e) => format!("peer closed with a malformed CLOSE_ERR: {e}"),
+                };
+                inner.mark_closed_by_peer(reason);
+                return;
+            }
             Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
             // PROTOCOL.md §6.1: the control stream lives as long as the session.
             Ok(Ok(None)) => "peer ended its control stream without CLOSE_ERR".to_string(),
@@ -729,6 +752,8 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
     }
 }
 
+/// How long a session closed by its peer leaves the connection to the peer to end.
+const PEER_CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long a reset control stream waits for the connection's own reason for ending.
 const LOSS_GRACE: Duration = Duration::from_millis(200);
 

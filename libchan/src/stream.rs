@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use ciborium::tag::Required;
+use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use serde::de::Error as _;
 use serde::ser::Error as _;
@@ -18,7 +19,7 @@ use crate::chan::{lock, slot_mut};
 use crate::context;
 use crate::framed::read_control;
 use crate::proto::{Accept, Code, Direction, FrameType, Kind};
-use crate::session::PendingStream;
+use crate::session::{InFlight, PendingStream, SessionInner};
 use crate::transport::RawStream;
 use crate::TAG_BYTE_STREAM;
 
@@ -70,11 +71,14 @@ struct SpliceState {
     claimed: bool,
     moving: bool,
     waiting: Vec<std::task::Waker>,
-    handover: Option<RawStream>,
+    handover: Option<(RawStream, Option<InFlight>)>,
 }
 
 struct NetBytes {
     state: NetState,
+    /// Held until this side's writing direction has ended: a clean close of the session
+    /// waits for it (PROTOCOL.md §6.1), so bytes written before the close are not cut off.
+    in_flight: Option<InFlight>,
 }
 
 enum NetState {
@@ -99,7 +103,7 @@ impl ByteStream {
             Some(Inner::Net(net) | Inner::Spliced(_, net)) => net.reset(),
             Some(Inner::Mem(_, Some(splice))) => {
                 // A network stream handed over to this end and not yet taken is reset too.
-                if let Some(stream) = lock(&splice.state).handover.take() {
+                if let Some((stream, _in_flight)) = lock(&splice.state).handover.take() {
                     reset_raw(stream);
                 }
                 splice.reset.store(true, std::sync::atomic::Ordering::Release);
@@ -108,12 +112,13 @@ impl ByteStream {
         }
     }
 
-    pub(crate) fn from_pending(pending: PendingStream) -> Self {
+    /// The importing side of a byte stream of `session`.
+    pub(crate) fn from_pending(session: &Arc<SessionInner>, pending: PendingStream) -> Self {
         let net = match pending {
             PendingStream::Ready(stream) => NetState::Ready(stream),
             PendingStream::Waiting(rx) => NetState::Waiting(rx, Vec::new()),
         };
-        Self::with(Inner::Net(NetBytes::new(net)))
+        Self::with(Inner::Net(NetBytes::new(net, Some(session.in_flight()))))
     }
 
     fn inner(&mut self) -> io::Result<&mut Inner> {
@@ -123,9 +128,10 @@ impl ByteStream {
             Inner::Mem(_, Some(splice)) => lock(&splice.state).handover.take(),
             _ => None,
         };
-        if let Some(stream) = handover {
+        if let Some((stream, in_flight)) = handover {
             if let Inner::Mem(pipe, _) = std::mem::replace(inner, Inner::Failed) {
-                *inner = Inner::Spliced(Some(pipe), NetBytes::new(NetState::Ready(stream)));
+                let net = NetBytes::new(NetState::Ready(stream), in_flight);
+                *inner = Inner::Spliced(Some(pipe), net);
             }
         }
         Ok(inner)
@@ -156,8 +162,23 @@ fn poll_pipe_write<R>(
 }
 
 impl NetBytes {
-    fn new(state: NetState) -> Self {
-        Self { state }
+    fn new(state: NetState, in_flight: Option<InFlight>) -> Self {
+        Self { state, in_flight }
+    }
+
+    /// This side's writing direction has failed: a clean close need not wait.
+    fn written(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// Keeps a clean close waiting until `delivered`: the peer holds what was written.
+    fn until(&self, delivered: BoxFuture<'static, ()>, in_flight: InFlight) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                delivered.await;
+                drop(in_flight);
+            });
+        }
     }
 
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut RawStream>> {
@@ -211,6 +232,13 @@ impl NetBytes {
     }
 }
 
+/// Shuts a dropped stream's writing direction down; returns once the peer holds it all.
+async fn finish(mut stream: RawStream) {
+    if stream.write.shutdown().await.is_ok() {
+        stream.write.delivered().await;
+    }
+}
+
 fn reset_raw(stream: RawStream) {
     let RawStream { read, write, permit } = stream;
     write.reset();
@@ -222,17 +250,20 @@ impl Drop for NetBytes {
         // Close before drop: a yamux stream dropped open is reset and loses queued bytes. A
         // stream that has not arrived yet is closed when it does.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let in_flight = self.in_flight.take();
         match std::mem::replace(&mut self.state, NetState::Failed(String::new())) {
-            NetState::Ready(mut stream) => {
+            NetState::Ready(stream) => {
                 runtime.spawn(async move {
-                    let _ = stream.write.shutdown().await;
+                    finish(stream).await;
+                    drop(in_flight);
                 });
             }
             NetState::Waiting(rx, _) => {
                 runtime.spawn(async move {
-                    if let Ok(Ok(mut stream)) = rx.await {
-                        let _ = stream.write.shutdown().await;
+                    if let Ok(Ok(stream)) = rx.await {
+                        finish(stream).await;
                     }
+                    drop(in_flight);
                 });
             }
             NetState::Failed(_) => {}
@@ -287,7 +318,17 @@ impl AsyncWrite for ByteStream {
                 poll_pipe_write(s, splice.as_ref(), cx, |s, cx| s.poll_write(cx, buf))
             }
             Inner::Net(n) | Inner::Spliced(_, n) => {
-                Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_write(cx, buf)
+                let written = match n.poll_stream(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        ready!(Pin::new(&mut stream.write).poll_write(cx, buf))
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => return Poll::Pending,
+                };
+                if written.is_err() {
+                    n.written();
+                }
+                Poll::Ready(written)
             }
             Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
@@ -311,7 +352,21 @@ impl AsyncWrite for ByteStream {
                 poll_pipe_write(s, splice.as_ref(), cx, |s, cx| s.poll_shutdown(cx))
             }
             Inner::Net(n) | Inner::Spliced(_, n) => {
-                Pin::new(&mut ready!(n.poll_stream(cx))?.write).poll_shutdown(cx)
+                let (shut, delivered) = match n.poll_stream(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        let shut = ready!(Pin::new(&mut stream.write).poll_shutdown(cx));
+                        (shut, Some(stream.write.delivered()))
+                    }
+                    Poll::Ready(Err(e)) => (Err(e), None),
+                    Poll::Pending => return Poll::Pending,
+                };
+                match (n.in_flight.take(), delivered) {
+                    (Some(in_flight), Some(delivered)) if shut.is_ok() => {
+                        n.until(delivered, in_flight)
+                    }
+                    _ => {}
+                }
+                Poll::Ready(shut)
             }
             Inner::Failed => Poll::Ready(Err(io::Error::other("byte stream failed"))),
         }
@@ -331,26 +386,39 @@ impl Serialize for ByteStream {
             Box::pin(async move {
                 let Some(inner) = lock(&slot).take() else { return };
                 drop(slot);
+                let in_flight = session.in_flight();
                 // The opener reads the acceptor's ACCEPT before the raw bytes that follow it.
-                match read_control(&mut stream.read, session.limits.max_control_len).await {
-                    Ok((FrameType::Accept, payload)) => match Accept::decode(&payload) {
-                        Ok(accept) if accept.status == Code::Ok => {}
-                        _ => return,
-                    },
-                    _ => return,
+                let accepted = match read_control(&mut stream.read, session.limits.max_control_len)
+                    .await
+                {
+                    Ok((FrameType::Accept, payload)) => {
+                        matches!(Accept::decode(&payload), Ok(accept) if accept.status == Code::Ok)
+                    }
+                    _ => false,
+                };
+                if !accepted {
+                    // Refused, or reset before its ACCEPT: the kept end must not see a clean end.
+                    ByteStream::with(inner).reset();
+                    reset_raw(stream);
+                    return;
                 }
                 drop(session);
-                let (inner, stream) = match inner {
-                    Inner::Mem(pipe, Some(splice)) => match hand_over(pipe, splice, stream).await {
-                        // The kept end is gone or was sent too: relay. In the second case the
-                        // relay's pipe end takes over the other stream when it is handed over.
-                        Some((pipe, splice, stream)) => (Inner::Mem(pipe, Some(splice)), stream),
-                        None => return,
-                    },
-                    inner => (inner, stream),
+                let (inner, stream, in_flight) = match inner {
+                    Inner::Mem(pipe, Some(splice)) => {
+                        match hand_over(pipe, splice, stream, in_flight).await {
+                            // The kept end is gone or was sent too: relay. In the second case the
+                            // relay's pipe end takes over the other stream when it is handed over.
+                            Some((pipe, splice, stream, in_flight)) => {
+                                (Inner::Mem(pipe, Some(splice)), stream, in_flight)
+                            }
+                            None => return,
+                        }
+                    }
+                    inner => (inner, stream, in_flight),
                 };
                 let local = ByteStream::with(inner);
-                let remote = ByteStream::with(Inner::Net(NetBytes::new(NetState::Ready(stream))));
+                let remote = NetBytes::new(NetState::Ready(stream), Some(in_flight));
+                let remote = ByteStream::with(Inner::Net(remote));
                 relay(local, remote).await;
             })
         });
@@ -363,9 +431,9 @@ impl Serialize for ByteStream {
 impl<'de> Deserialize<'de> for ByteStream {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let Required(id) = Required::<u64, TAG_BYTE_STREAM>::deserialize(deserializer)?;
-        let (_session, pending) = context::import(id, Kind::ByteStream, Direction::OpenerSends)
+        let (session, pending) = context::import(id, Kind::ByteStream, Direction::OpenerSends)
             .map_err(D::Error::custom)?;
-        Ok(Self::from_pending(pending))
+        Ok(Self::from_pending(&session, pending))
     }
 }
 
@@ -377,13 +445,14 @@ async fn hand_over(
     mut pipe: DuplexStream,
     splice: Arc<Splice>,
     mut stream: RawStream,
-) -> Option<(DuplexStream, Arc<Splice>, RawStream)> {
+    in_flight: InFlight,
+) -> Option<(DuplexStream, Arc<Splice>, RawStream, InFlight)> {
     let mut moved = Vec::new();
     let mut ended = false;
     {
         let mut state = lock(&splice.state);
         if state.claimed || Arc::strong_count(&splice) == 1 {
-            return Some((pipe, splice.clone(), stream));
+            return Some((pipe, splice.clone(), stream, in_flight));
         }
         state.claimed = true;
         state.moving = true;
@@ -408,7 +477,8 @@ async fn hand_over(
     let mut state = lock(&splice.state);
     state.moving = false;
     if !failed {
-        state.handover = Some(stream);
+        // The kept end writes on from here: the session's drain waits for it.
+        state.handover = Some((stream, (!ended).then_some(in_flight)));
     }
     for waker in state.waiting.drain(..) {
         waker.wake();

@@ -127,7 +127,7 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
             let handle = match *tag {
                 TAG_SENDER => Handle::Sender(Sender::from_net(session, id, pending, false)),
                 TAG_RECEIVER => Handle::Receiver(Receiver::from_net(session, id, pending, false)),
-                _ => Handle::ByteStream(ByteStream::from_pending(pending)),
+                _ => Handle::ByteStream(ByteStream::from_pending(&session, pending)),
             };
             **inner = V::Integer(Integer::from(handles.len() as u64));
             handles.push(handle);

@@ -488,7 +488,10 @@ async fn byte_stream_cut_by_session_close(t: Transport) {
     if matches!(t, Transport::Memory) {
         return;
     }
-    let (left, right) = sessions(t).await;
+    // The close waits for the stream this long before it cuts it.
+    let mut limits = Limits::default();
+    limits.drain_timeout = Duration::from_millis(500);
+    let (left, right) = sessions_with(t, limits).await;
     let tx = left.open::<ByteStream>().await.unwrap();
     let mut rx = right.accept::<ByteStream>().await.unwrap();
     let (mut kept, sent) = byte_pipe();
@@ -499,6 +502,43 @@ async fn byte_stream_cut_by_session_close(t: Transport) {
     within("the first bytes", far.read_exact(&mut first)).await.unwrap();
     within("the close", left.close(libchan::proto::Code::Ok, "done")).await;
     read_until_error("the reader", &mut far).await;
+}
+
+/// A clean close waits for the byte streams this side is writing: bytes written and shut down
+/// while the close drains all arrive, then the end of stream. Both for the end kept by the
+/// side that sent the stream and for the end the peer received.
+async fn byte_stream_finishes_before_a_clean_close(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return;
+    }
+    const TOTAL: usize = 4 << 20;
+    for kept_writes in [true, false] {
+        let (left, right) = sessions(t).await;
+        let tx = left.open::<ByteStream>().await.unwrap();
+        let mut rx = right.accept::<ByteStream>().await.unwrap();
+        let (kept, sent) = byte_pipe();
+        tx.send(sent).await.unwrap();
+        let far = within("the stream", rx.recv()).await.unwrap().unwrap();
+        // The channel is done: the close need not wait for it to be read to its end.
+        drop((tx, rx));
+        let (mut writer, mut reader, closing) =
+            if kept_writes { (kept, far, left) } else { (far, kept, right) };
+        // More than a window: most of it is still to be written when the close starts.
+        let writing = tokio::spawn(async move {
+            writer.write_all(&vec![5u8; TOTAL]).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        let close = tokio::spawn(async move {
+            closing.close(libchan::proto::Code::Ok, "done").await;
+            closing
+        });
+        let mut got = Vec::new();
+        let read = within("everything, then the end", reader.read_to_end(&mut got)).await;
+        read.unwrap_or_else(|e| panic!("kept end writes: {kept_writes}: {e} after {}", got.len()));
+        assert_eq!(got.len(), TOTAL, "kept end writes: {kept_writes}");
+        within("the writer", writing).await.unwrap();
+        within("the close", close).await.unwrap();
+    }
 }
 
 /// A channel opened, written and closed before the peer accepts it, and a byte stream written
@@ -724,6 +764,8 @@ macro_rules! conformance {
             async fn relayed_byte_stream_reset() { super::relayed_byte_stream_reset(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_stream_cut_by_session_close() { super::byte_stream_cut_by_session_close(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn byte_stream_finishes_before_a_clean_close() { super::byte_stream_finishes_before_a_clean_close(T).await }
             #[tokio::test]
             async fn pipe_sender_shared_with_peer() { super::pipe_sender_shared_with_peer(T).await }
         }

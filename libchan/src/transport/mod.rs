@@ -28,6 +28,13 @@ pub trait StreamWrite: AsyncWrite + Send + Unpin {
     /// RESET_STREAM on QUIC), and data not yet delivered may be lost. On yamux the reset
     /// leaves when the read half is dropped too. Writers without resets just drop.
     fn reset(self: Box<Self>) {}
+
+    /// Resolves once the peer holds everything written before the shutdown, so that closing
+    /// the connection then loses none of it. At once on transports whose peer keeps reading
+    /// what it received after the connection has gone (yamux over a byte stream).
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 impl StreamWrite for tokio::io::Sink {}
@@ -36,6 +43,15 @@ impl StreamWrite for quinn::SendStream {
     fn reset(mut self: Box<Self>) {
         // Already finished or reset: nothing left to abandon.
         let _ = quinn::SendStream::reset(&mut self, quinn::VarInt::from_u32(0));
+    }
+
+    /// A closed QUIC connection drops data not yet acknowledged: wait for the peer's ACKs
+    /// (or its STOP_SENDING, or the end of the connection).
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        let stopped = self.stopped();
+        Box::pin(async move {
+            let _ = stopped.await;
+        })
     }
 }
 

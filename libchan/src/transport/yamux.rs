@@ -9,6 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
@@ -100,6 +101,7 @@ where
         inbound_tx,
         cancelled: Box::pin(cancel.clone().cancelled_owned()),
         closing: false,
+        linger: None,
     };
     tokio::spawn(async move {
         let reason = driver.await;
@@ -272,6 +274,8 @@ struct Driver<S> {
     inbound_tx: mpsc::Sender<RawStream>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
+    /// Bounds how long a closing connection waits for the peer to close its side.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
@@ -288,8 +292,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             this.closing = true;
         }
         if this.closing {
+            let linger = this.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
             return match conn.poll_close(cx) {
                 Poll::Ready(_) => Poll::Ready("closed locally".into()),
+                Poll::Pending if linger.as_mut().poll(cx).is_ready() => {
+                    conn.abort();
+                    Poll::Ready("closed locally; the peer did not close its side in time".into())
+                }
                 Poll::Pending => Poll::Pending,
             };
         }
@@ -325,6 +334,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
         }
     }
 }
+
+/// How long a connection closed from this side keeps reading until the peer closes its side
+/// too, so that the peer reads everything sent before the close (see vendor/yamux/PATCHES.md).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Streams yamux admits beyond the session's own limit.
 const YAMUX_MARGIN: usize = 64;

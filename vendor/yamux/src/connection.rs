@@ -242,6 +242,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 }
 
+impl<T> Connection<T> {
+    /// Drops the connection's socket and streams now, ending a `poll_close` that is still
+    /// waiting for the peer to close its side.
+    pub fn abort(&mut self) {
+        if let ConnectionState::Active(active) = &mut self.inner {
+            active.drop_all_streams();
+        }
+        self.inner = ConnectionState::Closed;
+    }
+}
+
 impl<T> Drop for Connection<T> {
     fn drop(&mut self) {
         match &mut self.inner {

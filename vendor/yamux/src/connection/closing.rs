@@ -84,9 +84,16 @@ where
                 }
                 State::ClosingSocket => {
                     ready!(this.socket.poll_close_unpin(cx))?;
-
-                    return Poll::Ready(Ok(()));
+                    this.state = State::Lingering;
                 }
+                // Keep reading (and dropping) what the peer still sends until it closes too:
+                // closing the socket at once would make the peer's next write fail (EPIPE, or
+                // a TCP reset), and the peer would lose frames it had not read yet, the last
+                // ones this side sent among them. The caller bounds the wait (`abort`).
+                State::Lingering => match ready!(this.socket.poll_next_unpin(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Poll::Ready(Ok(())),
+                },
             }
         }
     }
@@ -97,6 +104,7 @@ enum State {
     DrainingStreamReceiver,
     FlushingPendingFrames,
     ClosingSocket,
+    Lingering,
 }
 
 #[cfg(test)]
