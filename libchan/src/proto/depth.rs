@@ -2,6 +2,8 @@
 //! depth (PROTOCOL.md §7.1: each array, map and tag counts one level) and the number of data
 //! items it holds (PROTOCOL.md §9, `max_untyped_items`).
 
+use smallvec::SmallVec;
+
 /// What [`cbor_scan`] found in a well-formed item within its limits.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct Shape {
@@ -32,14 +34,16 @@ pub fn cbor_depth(bytes: &[u8], limit: usize) -> Option<usize> {
 
 /// The [`Shape`] of the first CBOR item of `bytes`, or why it has none within the limits. The
 /// scan stops at the first limit it passes, so its cost is bounded by the bytes up to that
-/// point, and it allocates at most one word per level up to `max_depth`.
+/// point; it allocates only for items nested deeper than 16, one word per level up to
+/// `max_depth`.
 ///
 /// # Errors
 /// [`ScanError`]: the first limit passed, or a broken item, whichever comes first.
 pub fn cbor_scan(bytes: &[u8], max_depth: usize, max_items: usize) -> Result<Shape, ScanError> {
     use ScanError::Malformed;
-    // Items still to read in each open container; `u64::MAX` is an indefinite length.
-    let mut open: Vec<u64> = Vec::new();
+    // Items still to read in each open container; `u64::MAX` is an indefinite length. Kept
+    // inline up to 16 levels: this runs on every message sent, most of them shallow.
+    let mut open: SmallVec<[u64; 16]> = SmallVec::new();
     let mut deepest = 0;
     let mut items = 0usize;
     let mut at = 0;
