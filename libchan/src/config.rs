@@ -16,7 +16,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Channels and byte streams one message may carry. Default: 128.
     pub max_refs_per_message: usize,
-    /// CBOR data items a message received as an untyped [`Value`](crate::Value) may hold
+    /// CBOR data items a message received as an untyped [`Value`](crate::Value) (on a
+    /// `Receiver<Value>`; a `Value` field inside a typed message is not counted) may hold
     /// (every array, map, tag, string, number and simple value counts one). Default: 256 Ki
     /// (262 144). The receiver counts them before decoding and refuses a message with more
     /// (CLOSE_ERR TOO_LARGE, PROTOCOL.md §9). Each decoded item is a 32-byte
