@@ -282,7 +282,14 @@ async fn forward(link: Arc<Link>, mut request: Message) -> HandlerResult {
         let session = link.session().await?;
         let channel = session.open::<Message>().await.map_err(|error| {
             metrics::count_error("connection");
-            HandlerError::new(format!("{}: {error}", link.who))
+            // The session ended after it was taken: say so as a failed send does (below).
+            let why = match (&error, session.close_reason()) {
+                (libchan::OpenError::SessionClosed(_), Some(reason)) => {
+                    format!("connection lost: {reason}")
+                }
+                _ => error.to_string(),
+            };
+            HandlerError::new(format!("{}: {why}", link.who))
         })?;
         send(&link, &session, &channel, request, Some(channel.clone())).await
     }

@@ -790,6 +790,10 @@ impl NetReceiver {
             Err(RecvError::Protocol(why)) if why.starts_with(MALFORMED) => {
                 self.stop_with(Some(CloseErr { code: Code::Decode, message: why.clone() }));
             }
+            // PROTOCOL.md §9: the sender learns the limit its message broke.
+            Err(RecvError::Protocol(why)) if why.starts_with(crate::value::TOO_MANY_ITEMS) => {
+                self.stop_with(Some(CloseErr { code: Code::TooLarge, message: why.clone() }));
+            }
             Err(RecvError::Protocol(_)) => self.stop(true),
             _ => {}
         }
@@ -931,6 +935,7 @@ pub(crate) fn decode<T: Message>(
     parent: u64,
     payload: &[u8],
 ) -> Result<T, RecvError> {
+    crate::value::check_items::<T>(payload, &session.limits).map_err(RecvError::Protocol)?;
     let state = DecodeState { session: session.clone(), parent, claimed: Vec::new(), error: None };
     let mut rest = payload;
     let depth = session.limits.max_depth;

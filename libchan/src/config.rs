@@ -16,6 +16,17 @@ pub struct Limits {
     pub max_depth: usize,
     /// Channels and byte streams one message may carry. Default: 128.
     pub max_refs_per_message: usize,
+    /// CBOR data items a message received as an untyped [`Value`](crate::Value) (on a
+    /// `Receiver<Value>`; a `Value` field inside a typed message is not counted) may hold
+    /// (every array, map, tag, string, number and simple value counts one). Default: 256 Ki
+    /// (262 144). The receiver counts them before decoding and refuses a message with more
+    /// (CLOSE_ERR TOO_LARGE, PROTOCOL.md §9). Each decoded item is a 32-byte
+    /// `ciborium::Value` and arrays grow by doubling, so decoding holds at most about
+    /// `3 × 32 × max_untyped_items` bytes (24 MiB by default) besides the message itself;
+    /// without this limit a message of one-byte items holds 32 bytes or more per message byte
+    /// (measured: 555 MB for one 16 MiB message of nulls). Typed receivers are not limited
+    /// by it: they hold what their type holds.
+    pub max_untyped_items: usize,
     /// Streams open at once on a session, both sides together; each side may open half.
     /// Default: 1024. Worst-case receive buffering is one multiplexer window per stream.
     pub max_streams: usize,
@@ -54,6 +65,7 @@ impl Default for Limits {
             max_control_len: 4 << 10,
             max_depth: 64,
             max_refs_per_message: 128,
+            max_untyped_items: 1 << 18,
             max_streams: 1024,
             max_pending_refs: 256,
             pending_ref_ttl: Duration::from_secs(30),
@@ -79,6 +91,7 @@ impl Limits {
             ("max_message_len", self.max_message_len),
             ("max_control_len", self.max_control_len),
             ("max_depth", self.max_depth),
+            ("max_untyped_items", self.max_untyped_items),
             ("max_streams", self.max_streams),
             ("accept_queue", self.accept_queue),
             ("send_buffer", self.send_buffer),

@@ -134,11 +134,14 @@ impl Session {
             Some(opened) => opened,
             None => inner.mux.open().await,
         };
-        let mut stream = opened.map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => return Err(OpenError::SessionClosed(inner.open_failed(&e).await)),
+        };
         stream.permit = Some(permit);
-        write_frame(&mut stream.write, FrameType::Open, &open.encode())
-            .await
-            .map_err(|e| OpenError::SessionClosed(e.to_string()))?;
+        if let Err(e) = write_frame(&mut stream.write, FrameType::Open, &open.encode()).await {
+            return Err(OpenError::SessionClosed(inner.open_failed(&e).await));
+        }
         Ok(Sender::from_net(inner.clone(), open.ref_id, PendingStream::Ready(stream), true))
     }
 
@@ -230,6 +233,19 @@ impl SessionInner {
     /// Why the session ended, or `None` while it is open.
     pub(crate) fn close_reason(&self) -> Option<String> {
         self.closed.borrow().clone()
+    }
+
+    /// Why opening a stream failed with `error`: the transport fails opens once its
+    /// connection is gone, a moment before the session learns why and records it, so wait
+    /// (at most [`REASON_WAIT`]) for that reason rather than report the transport's bare
+    /// "session closed".
+    async fn open_failed(&self, error: &std::io::Error) -> String {
+        let mut closed = self.closed.subscribe();
+        let reason = tokio::time::timeout(REASON_WAIT, closed.wait_for(Option::is_some)).await;
+        match reason {
+            Ok(Ok(reason)) => reason.clone().unwrap_or_default(),
+            _ => format!("opening a stream failed: {error}"),
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -846,3 +862,5 @@ async fn expire_pending(session: Weak<SessionInner>) {
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Peer reference ids remembered as used: 16 bytes of memory or so each, 1 MiB at most.
 const RETIRED_KEPT: usize = 65_536;
+/// How long a failed open waits for the session to record why its connection ended.
+const REASON_WAIT: Duration = Duration::from_secs(2);

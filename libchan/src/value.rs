@@ -1,14 +1,17 @@
 //! Untyped messages: a CBOR value plus the handles it carries, for relays that forward
 //! messages whose type they do not know.
 
+use std::any::TypeId;
+
 use ciborium::tag::Captured;
 use ciborium::value::Integer;
 use serde::de::Error as _;
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::proto::depth::{cbor_scan, ScanError};
 use crate::proto::{Direction, Kind};
-use crate::{context, ByteStream, Receiver, Sender};
+use crate::{context, ByteStream, Limits, Receiver, Sender};
 use crate::{
     TAG_BYTE_STREAM, TAG_BYTE_STREAM_READ, TAG_BYTE_STREAM_WRITE, TAG_RECEIVER, TAG_SENDER,
 };
@@ -142,6 +145,28 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
         _ => Ok(()),
     }
 }
+
+/// PROTOCOL.md §9: a message received as a [`Value`] holds at most `max_untyped_items` CBOR
+/// items, counted before anything is decoded, since each decoded item costs 32 bytes or more
+/// however few bytes it took on the wire. Other messages pass unchecked.
+///
+/// # Errors
+/// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE; it starts with
+/// [`TOO_MANY_ITEMS`].
+pub(crate) fn check_items<T: 'static>(payload: &[u8], limits: &Limits) -> Result<(), String> {
+    if TypeId::of::<T>() != TypeId::of::<Value>() {
+        return Ok(());
+    }
+    let limit = limits.max_untyped_items;
+    match cbor_scan(payload, limits.max_depth, limit) {
+        Err(ScanError::TooManyItems) => Err(format!("{TOO_MANY_ITEMS} {limit} CBOR items")),
+        // Too deep or broken: the decoder reports it, as for any message.
+        _ => Ok(()),
+    }
+}
+
+/// How an untyped message over `max_untyped_items` is reported.
+pub(crate) const TOO_MANY_ITEMS: &str = "untyped message holds more than the limit of";
 
 fn is_handle_tag(tag: u64) -> bool {
     matches!(

@@ -4,7 +4,7 @@
 //! well-behaved session on the same listener goes on exchanging messages.
 //!
 //! Memory is measured with a counting global allocator (`cap`), so it counts every allocation
-//! of this test binary; the tests that measure take [`serial`] so they never overlap.
+//! of this test binary; every test takes [`serial`], so none allocates while another measures.
 
 use std::alloc::System;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cap::Cap;
-use libchan::proto::{frame, Accept, Code, Direction, FrameType, Kind, Open};
+use libchan::proto::{frame, Accept, CloseErr, Code, Direction, FrameType, Kind, Open};
 use libchan::raw::{BoxRead, RawYamux};
 use libchan::{Limits, Listener, Session, PREAMBLE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -231,13 +231,19 @@ fn open_frame(ref_id: u64, parent: u64, kind: Kind, direction: Direction) -> Vec
 }
 
 async fn read_accept(r: &mut BoxRead) -> Accept {
+    let (ty, payload) = read_frame(r).await;
+    assert_eq!(ty, FrameType::Accept as u8);
+    Accept::decode(&payload).unwrap()
+}
+
+/// The next frame on a raw stream: its type byte and payload.
+async fn read_frame(r: &mut BoxRead) -> (u8, Vec<u8>) {
     let mut header = [0u8; 5];
-    within("ACCEPT header", r.read_exact(&mut header)).await.unwrap();
+    within("a frame header", r.read_exact(&mut header)).await.unwrap();
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let mut payload = vec![0; len - 1];
-    within("ACCEPT payload", r.read_exact(&mut payload)).await.unwrap();
-    assert_eq!(header[4], FrameType::Accept as u8);
-    Accept::decode(&payload).unwrap()
+    within("a frame payload", r.read_exact(&mut payload)).await.unwrap();
+    (header[4], payload)
 }
 
 const MIB: usize = 1 << 20;
@@ -375,70 +381,99 @@ async fn messages_at_the_size_limit_as_fast_as_possible_stay_bounded() {
     finish(bystander, before).await;
 }
 
-/// Wide and deep messages at the limits, to an untyped receiver (the costliest decode):
-/// each is accepted or refused as the limits say, and what decoding them holds is bounded
-/// by the message size times the size of a decoded item.
+/// Untyped receivers (`libchan::Value`, the costliest decode: 32 bytes per item, however few
+/// bytes the item took) are held by `max_untyped_items`. At the default 16 MiB message limit a
+/// peer sends a message of 16 million nulls, which took 555 MB to decode before: the
+/// receiver counts its items first and refuses it, the sender gets CLOSE_ERR TOO_LARGE naming
+/// the limit, and what the session held stays under a bound derived from the item limit.
+/// Messages at the limit, wide or deep, are decoded; the session and a bystander go on.
 #[tokio::test]
-async fn wide_and_deep_messages_stay_bounded() {
+async fn untyped_messages_stay_under_the_item_bound() {
     let _serial = serial().await;
-    let mut limits = Limits::default();
-    limits.max_message_len = MIB;
-    limits.max_depth = 64;
+    let limits = Limits::default();
     let listener = listener("tcp", limits.clone()).await;
     let bystander = bystander(&listener).await;
     let meter = Meter::start();
     let before = bystander.rounds();
     let (session, peer) = hostile(&listener).await;
-    let (_r, mut w) = peer.open().await.unwrap();
+    let (mut r, mut w) = peer.open().await.unwrap();
     w.write_all(&open_frame(1, 0, Kind::Channel, Direction::OpenerSends)).await.unwrap();
-    // Wide: an array of a million nulls, 1 MiB of CBOR (header 0x9a + 4 bytes).
-    let items = limits.max_message_len - 5;
-    let mut wide = vec![0x9a];
-    wide.extend_from_slice(&(items as u32).to_be_bytes());
-    wide.resize(5 + items, 0xf6);
-    // Deep and wide: 16 384 arrays each 63 levels deep (at the limit with the outer one).
-    let mut deep = vec![0x99, 0x40, 0x00];
-    for _ in 0..16_384 {
+    let limit = limits.max_untyped_items;
+    // Wide, at the limit: the array and `limit - 1` nulls.
+    let at_limit = msg_of_nulls(limit - 1);
+    // Deep and wide, within the limit: 4096 arrays each 63 levels deep (64 with the outer
+    // one, at max_depth), 1 + 4096 x 63 items.
+    let mut deep = vec![0x99, 0x10, 0x00];
+    for _ in 0..4096 {
         deep.extend(std::iter::repeat_n(0x81, 62));
         deep.push(0x00);
     }
-    assert!(deep.len() <= limits.max_message_len);
-    // Too deep: 65 levels.
-    let too_deep = [vec![0x81u8; 65], vec![0x00]].concat();
+    assert!(4096 * 63 < limit, "the deep message is within the item limit");
+    let deep = frame_bytes(FrameType::Msg, &deep);
+    // Over it, at the size limit: a 16 MiB message of nulls.
+    let flood = msg_of_nulls(limits.max_message_len - 5);
     // Written from a task of its own: flow control holds the writer until the reader reads.
     let writing = tokio::spawn(async move {
-        for _ in 0..5 {
-            w.write_all(&frame_bytes(FrameType::Msg, &wide)).await.unwrap();
-            w.write_all(&frame_bytes(FrameType::Msg, &deep)).await.unwrap();
+        for _ in 0..3 {
+            w.write_all(&at_limit).await.unwrap();
+            w.write_all(&deep).await.unwrap();
         }
-        w.write_all(&frame_bytes(FrameType::Msg, &too_deep)).await.unwrap();
+        w.write_all(&flood).await.unwrap();
         w
     });
     let mut rx = within("accept", session.accept::<libchan::Value>()).await.unwrap();
-    for _ in 0..5 {
-        let got = within("wide", rx.recv()).await.unwrap().unwrap();
-        assert!(matches!(got.data, ciborium::Value::Array(ref a) if a.len() == items));
+    for _ in 0..3 {
+        let got = within("at the limit", rx.recv()).await.unwrap().unwrap();
+        assert!(matches!(got.data, ciborium::Value::Array(ref a) if a.len() == limit - 1));
         drop(got);
         let got = within("deep", rx.recv()).await.unwrap().unwrap();
-        assert!(matches!(got.data, ciborium::Value::Array(ref a) if a.len() == 16_384));
+        assert!(matches!(got.data, ciborium::Value::Array(ref a) if a.len() == 4096));
     }
-    let err = within("too deep", rx.recv()).await.unwrap_err();
-    assert!(err.to_string().contains("deeper than the limit"), "{err}");
+    let err = within("over the limit", rx.recv()).await.unwrap_err();
+    let expected = format!("more than the limit of {limit} CBOR items");
+    assert!(err.to_string().contains(&expected), "{err}");
     let _w = within("the writer", writing).await.unwrap();
-    // Bound: one CBOR byte decodes to at most one item of size_of::<ciborium::Value>()
-    // (32) bytes. While the array grows, the old and the doubled buffer are both held (3
-    // items' worth per item), and libchan::Value holds the tree while it rewrites handles:
-    // about 4 x 32 bytes per message byte at the peak (measured 4.0 here), bounded with a
-    // margin by 5 x 32 x max_message_len, plus 8 MiB for buffers and the yamux window. The
-    // amplification is the price of untyped receivers (PROTOCOL.md §11).
+    // The sender learns it: ACCEPT, then CLOSE_ERR TOO_LARGE naming the limit, then FIN.
+    assert_eq!(read_accept(&mut r).await.status, Code::Ok);
+    let (ty, payload) = read_frame(&mut r).await;
+    assert_eq!(ty, FrameType::CloseErr as u8);
+    let close = CloseErr::decode(&payload).unwrap();
+    assert_eq!(close.code, Code::TooLarge);
+    assert!(close.message.contains(&expected), "{}", close.message);
+    // Bound: decoding holds one 32-byte ciborium::Value per item, up to three items' worth
+    // while an array doubles, so with a margin 5 x 32 x max_untyped_items (40 MiB); plus the
+    // 16 MiB message as the writer holds it and as the receiver buffers it (its buffer may
+    // have doubled once), and 8 MiB for the yamux windows and the rest. Without the item
+    // limit the flood alone peaked at 555 MB here (measured 51 MB with it).
     let item = std::mem::size_of::<ciborium::Value>();
-    let bound = 5 * item * limits.max_message_len + 8 * MIB;
+    let bound = 5 * item * limit + 4 * limits.max_message_len + 8 * MIB;
     let peak = meter.peak();
-    eprintln!("wide/deep: peak {peak} bytes, bound {bound} ({item} bytes per decoded item)");
+    eprintln!("untyped flood: peak {peak} bytes, bound {bound} ({item} bytes per decoded item)");
     assert!(peak < bound, "peak {peak} bytes over the bound of {bound}");
     drop(rx);
-    released(&meter, 2 * MIB, "wide and deep").await;
+    // The session still takes a well-formed channel.
+    let (_r, mut w) = peer.open().await.unwrap();
+    w.write_all(&open_frame(3, 0, Kind::Channel, Direction::OpenerSends)).await.unwrap();
+    w.write_all(&msg_of_nulls(2)).await.unwrap();
+    let mut rx =
+        within("accept after the flood", session.accept::<libchan::Value>()).await.unwrap();
+    let got = within("recv after the flood", rx.recv()).await.unwrap().unwrap();
+    assert!(matches!(got.data, ciborium::Value::Array(ref a) if a.len() == 2));
+    drop((rx, got));
+    released(&meter, 2 * MIB, "untyped flood").await;
     finish(bystander, before).await;
+}
+
+/// A MSG frame holding an array of `n` nulls, built in place (one copy of a large message).
+fn msg_of_nulls(n: usize) -> Vec<u8> {
+    let len = u32::try_from(1 + 5 + n).unwrap();
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + 5 + n);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(FrameType::Msg as u8);
+    out.push(0x9a);
+    out.extend_from_slice(&u32::try_from(n).unwrap().to_be_bytes());
+    out.resize(frame::HEADER_LEN + 5 + n, 0xf6);
+    out
 }
 
 /// Nested streams that no message ever names, and references whose streams never come:
@@ -511,6 +546,8 @@ async fn pending_references_never_claimed_are_bounded_and_expire() {
 /// A peer that never reads cannot hold a clean close up: it ends after `drain_timeout`.
 #[tokio::test]
 async fn clean_close_is_bounded_by_the_drain_timeout() {
+    // It measures nothing, but what it allocates would count in a test that does.
+    let _serial = serial().await;
     let mut limits = Limits::default();
     limits.drain_timeout = Duration::from_millis(500);
     let listener = listener("tcp", limits.clone()).await;

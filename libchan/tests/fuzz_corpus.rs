@@ -165,6 +165,37 @@ fn depth_limit_holds_at_the_boundary() {
 }
 
 #[test]
+fn untyped_item_limit_holds_at_the_boundary() {
+    let limit = Limits::default().max_untyped_items;
+    for items in [limit - 1, limit, limit + 1] {
+        // An array of `items - 1` nulls: `items` data items, one byte each.
+        let payload = nulls(items - 1);
+        let result = fuzz_support::message::<Value>(&listener_case(&payload)).unwrap();
+        if items <= limit {
+            let value = result.unwrap_or_else(|e| panic!("{items} items: {e}"));
+            assert!(matches!(value.data, ciborium::Value::Array(ref a) if a.len() == items - 1));
+        } else {
+            let error = result.unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("more than the limit of {limit} CBOR items")),
+                "{error}"
+            );
+        }
+    }
+    // A typed receiver is held by its type, not by this limit.
+    let typed = fuzz_support::message::<Vec<Option<u8>>>(&listener_case(&nulls(limit + 1)));
+    assert_eq!(typed.unwrap().unwrap().len(), limit + 1);
+}
+
+/// A CBOR array of `n` nulls.
+fn nulls(n: usize) -> Vec<u8> {
+    let mut out = vec![0x9a];
+    out.extend_from_slice(&u32::try_from(n).unwrap().to_be_bytes());
+    out.resize(5 + n, 0xf6);
+    out
+}
+
+#[test]
 fn message_case_bytes_round_trip() {
     let case = MessageCase {
         dialer: true,

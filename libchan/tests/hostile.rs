@@ -557,3 +557,39 @@ async fn a_send_nested_deeper_than_the_limit_fails_locally() {
         assert_eq!(depth, levels, "nothing of the refused send went out");
     }
 }
+
+/// Opens that race the end of the connection fail with the reason the session ended, never
+/// the transport's bare "session closed" (the soak reported `session closed: session
+/// closed`: the open found the connection gone before the session had recorded why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_the_end_of_the_connection_say_why_the_session_ended() {
+    for round in 0..300 {
+        // A peer that sends the preamble and nothing more, then closes its socket.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let session = tokio::spawn(Session::over(server, false, Limits::default(), "gone".into()));
+        peer.write_all(PREAMBLE).await.unwrap();
+        let mut theirs = [0u8; 8];
+        within(peer.read_exact(&mut theirs)).await.unwrap();
+        let session = within(session).await.unwrap().unwrap();
+        let opening = tokio::spawn(async move {
+            // Bounded: the session learns of the lost connection within moments.
+            for _ in 0..100_000 {
+                match session.open::<u32>().await {
+                    Ok(tx) => drop(tx),
+                    Err(libchan::OpenError::TooManyStreams { .. }) => {}
+                    Err(error) => return (error.to_string(), session.close_reason()),
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("opens still succeed after the connection was dropped");
+        });
+        // The peer goes away without a word: its connection just ends.
+        drop(peer);
+        let (error, reason) = within(opening).await.unwrap();
+        let reason = reason.expect("the session knows it is closed once an open failed");
+        assert_ne!(reason, "session closed", "round {round}");
+        assert_eq!(error, format!("session closed: {reason}"), "round {round}");
+    }
+}

@@ -52,6 +52,31 @@ pub fn error_text(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
 }
 
+/// Checks the fields of a create config that dockerd decodes as a list of strings (`Cmd`,
+/// `Entrypoint`: a string, a list of strings, or null), so a config it would refuse is not
+/// handed to a backend that reads it more loosely.
+///
+/// # Errors
+/// dockerd's text for the first field of another shape (its `StrSlice` reports the attempt to
+/// read the value as one string): `json: cannot unmarshal object into Go struct field
+/// ContainerConfigWrapper.Cmd of type string`.
+pub fn check_create_config(config: &Value) -> Result<(), String> {
+    for field in ["Cmd", "Entrypoint"] {
+        let kind = match config.get(field) {
+            None | Some(Value::Null | Value::String(_)) => continue,
+            Some(Value::Array(words)) if words.iter().all(Value::is_string) => continue,
+            Some(Value::Array(_)) => "array",
+            Some(Value::Object(_)) => "object",
+            Some(Value::Number(_)) => "number",
+            Some(Value::Bool(_)) => "bool",
+        };
+        return Err(format!(
+            "json: cannot unmarshal {kind} into Go struct field ContainerConfigWrapper.{field} of type string"
+        ));
+    }
+    Ok(())
+}
+
 /// The key/value pairs of a query string, percent-decoded (`+` is a space).
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     query

@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -546,6 +546,7 @@ async fn list(front: &Arc<Frontend>, listing: Listing) -> Answer {
 
 async fn create(front: &Arc<Frontend>, options: &Options, request: Request<Incoming>) -> Answer {
     let config = json_body(request).await?;
+    api::check_create_config(&config).map_err(|text| Failure::new(400, text))?;
     let mut args = vec![config.to_string()];
     if let Some(name) = options.get("name").filter(|name| !name.is_empty()) {
         args.push(name.to_owned());
@@ -747,13 +748,17 @@ async fn exec_route(
 }
 
 /// A request's JSON object body, at most `MAX_REQUEST_BODY` bytes.
+///
+/// # Errors
+/// 413 for a body over the limit; 400 for one that breaks off (shorter than its
+/// `Content-Length` when the client stops sending, a broken chunk) or is not a JSON object.
 async fn json_body(request: Request<Incoming>) -> Result<Value, Failure> {
-    let body = Limited::new(request.into_body(), MAX_REQUEST_BODY)
-        .collect()
-        .await
-        .map_err(|error| Failure::new(413, format!("request body: {error}")))?
-        .to_bytes();
-    json_object(&body)
+    let body =
+        Limited::new(request.into_body(), MAX_REQUEST_BODY).collect().await.map_err(|error| {
+            let status = if error.is::<LengthLimitError>() { 413 } else { 400 };
+            Failure::new(status, format!("request body: {error}"))
+        })?;
+    json_object(&body.to_bytes())
 }
 
 /// A JSON object body (create and exec configs, exec start), parsed.

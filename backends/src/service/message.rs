@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use libchan::{ByteStream, Sender};
+use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a message asks for or answers with.
@@ -136,8 +137,9 @@ impl<'de> Deserialize<'de> for Verb {
 pub struct Message {
     /// What is asked or answered.
     pub verb: Verb,
-    /// String arguments; their meaning depends on the verb.
-    #[serde(default)]
+    /// String arguments; their meaning depends on the verb. A received message carries at
+    /// most [`MAX_ARGS`].
+    #[serde(default, deserialize_with = "bounded_args")]
     pub args: Vec<String>,
     /// Where answers go.
     #[serde(default)]
@@ -153,6 +155,14 @@ pub struct Message {
 
 /// The longest request id the network stages keep.
 pub const MAX_ID_LEN: usize = 64;
+
+/// The most arguments a received message may carry; a message with more fails to decode (the
+/// receiver drops it, the channel goes on). Each decoded argument costs a 24-byte `String`
+/// however short it was on the wire (an empty one is one CBOR byte), so a 16 MiB message of
+/// empty strings would hold about 400 MB; at this bound the list holds at most 1.5 MiB
+/// besides the text. `Set` answers to `Ls` carry one name per argument: 65 536 is far above
+/// the objects any backend lists.
+pub const MAX_ARGS: usize = 65_536;
 
 impl Message {
     /// A message with this verb and nothing else.
@@ -289,6 +299,35 @@ pub enum ReplyError {
     },
 }
 
+/// `args` as received, refused past [`MAX_ARGS`] before the list grows further.
+fn bounded_args<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Args;
+
+    impl<'de> Visitor<'de> for Args {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX_ARGS} strings")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // The announced length is the peer's word: reserve no more than a little of it.
+            let mut args = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(arg) = seq.next_element::<String>()? {
+                if args.len() == MAX_ARGS {
+                    return Err(A::Error::custom(format!(
+                        "message carries more than {MAX_ARGS} arguments"
+                    )));
+                }
+                args.push(arg);
+            }
+            Ok(args)
+        }
+    }
+
+    deserializer.deserialize_seq(Args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +374,25 @@ mod tests {
         let keys: Vec<_> =
             value.as_map().unwrap().iter().map(|(k, _)| k.as_text().unwrap()).collect();
         assert_eq!(keys, ["verb", "args", "ret", "att"]);
+    }
+
+    #[test]
+    fn arguments_are_bounded_at_max_args() {
+        for count in [MAX_ARGS - 1, MAX_ARGS, MAX_ARGS + 1] {
+            let message = Message::new(Verb::Set).with_args(vec![String::new(); count]);
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&message, &mut bytes).unwrap();
+            let decoded = ciborium::from_reader::<Message, _>(&bytes[..]);
+            if count <= MAX_ARGS {
+                assert_eq!(decoded.unwrap().args.len(), count);
+            } else {
+                let error = decoded.err().unwrap().to_string();
+                assert!(error.contains(&format!("more than {MAX_ARGS} arguments")), "{error}");
+            }
+        }
+        // Absent arguments are none; a value that is not a list is an error, as before.
+        let none: Message = serde_json::from_str(r#"{"verb":"Ls"}"#).unwrap();
+        assert!(none.args.is_empty());
+        assert!(serde_json::from_str::<Message>(r#"{"verb":"Ls","args":"x"}"#).is_err());
     }
 }

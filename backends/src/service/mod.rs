@@ -15,7 +15,7 @@ mod spec;
 mod tasks;
 
 pub use client::{with_request_id, Attached, Client, ClientError};
-pub use message::{Message, ReplyError, Verb, MAX_ID_LEN};
+pub use message::{Message, ReplyError, Verb, MAX_ARGS, MAX_ID_LEN};
 pub use node::{is_secure, node_limits, Node};
 pub use pipeline::Pipeline;
 pub use registry::{Backend, Registry, SpawnError, Stage, StageError, StageFailure};
