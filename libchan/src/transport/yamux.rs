@@ -2,7 +2,7 @@
 //!
 //! rust-yamux drives all I/O from `poll_next_inbound`, so the driver polls it continuously and
 //! serves open requests from the session in the same task (DESIGN: one driver owns the
-//! connection). Streams cross into tokio's I/O traits through `tokio_util::compat`.
+//! connection). Streams cross into tokio's I/O traits through [`YamuxIo`].
 
 use std::future::Future;
 use std::io;
@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::traffic::{Counted, Counters, Traffic};
@@ -138,8 +138,67 @@ impl Mux for YamuxMux {
 
 fn split(stream: yamux::Stream) -> RawStream {
     let reset = stream.reset_handle();
-    let (read, write) = split_halves(stream.compat());
+    let (read, write) = split_halves(YamuxIo { stream, pending: None });
     RawStream { read: Box::new(read), write: Box::new(YamuxWrite { write, reset }), permit: None }
+}
+
+/// A yamux stream with tokio's I/O traits. Reads take the chunks yamux received as they are
+/// (its `Stream` of packets) and copy them into the caller's buffer: `tokio_util::compat`
+/// zeroes the caller's whole unfilled buffer on every read instead (64 KiB for a frame
+/// reader, several times per message), which cost more than the rest of a small message's
+/// path.
+struct YamuxIo {
+    stream: yamux::Stream,
+    /// A chunk partly copied out, and how much of it was.
+    pending: Option<(yamux::Packet, usize)>,
+}
+
+impl AsyncRead for YamuxIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some((packet, offset)) = &mut self.pending {
+                let data = &packet.as_ref()[*offset..];
+                let n = data.len().min(buf.remaining());
+                buf.put_slice(&data[..n]);
+                *offset += n;
+                if *offset == packet.as_ref().len() {
+                    self.pending = None;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(futures::Stream::poll_next(Pin::new(&mut self.stream), cx)) {
+                Some(Ok(packet)) if packet.as_ref().is_empty() => {}
+                Some(Ok(packet)) => self.pending = Some((packet, 0)),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for YamuxIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        futures::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::AsyncWrite::poll_flush(Pin::new(&mut self.stream), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::AsyncWrite::poll_close(Pin::new(&mut self.stream), cx)
+    }
 }
 
 /// The write half of a yamux stream, which can reset the stream.
