@@ -4,7 +4,8 @@
 //! request costs node A: CPU time and thread switches (from `/proc/PID/task/*`), which the
 //! machine's load disturbs less than latency does.
 //!
-//! `cargo bench -p integration-tests --bench hop` (`-- --quick` for a tenth of the rounds).
+//! `cargo bench -p integration-tests --bench hop` (`-- --quick` for a tenth of the rounds,
+//! `-- quic` or `-- tls` for one transport).
 
 use std::time::{Duration, Instant};
 
@@ -17,21 +18,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let rounds = if quick { 500 } else { 5_000 };
+    let only: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(rounds));
+    runtime.block_on(run(rounds, &only));
 }
 
-async fn run(rounds: usize) {
+async fn run(rounds: usize, only: &[String]) {
     let swarm = Swarm::new(BIN);
     let me = swarm.identity("bench-client");
     println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names)");
     println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request |");
     println!("|---|---|---|---|---|---|---|---|");
     for scheme in ["quic", "tls"] {
+        if !only.is_empty() && !only.iter().any(|name| name == scheme) {
+            continue;
+        }
         let b = swarm
             .node("node-b")
             .with_certs()
@@ -68,6 +73,10 @@ async fn run(rounds: usize) {
             per(cost.switches),
         );
         tasks.shutdown(Duration::from_secs(5)).await;
+        // Stopped by SIGTERM, so a node run under a profiler writes its profile.
+        let (mut a, mut b) = (a, b);
+        a.terminate();
+        b.terminate();
     }
 }
 
