@@ -62,13 +62,13 @@ async fn lifecycle(tap: Arc<Tap>, request: Message) -> HandlerResult {
 
 async fn forward(tap: Arc<Tap>, request: Message) -> HandlerResult {
     log(&tap.label, "request", &request);
-    let Message { verb, args, ret, att, id } = request;
+    let Message { verb, args, ret, att, id, in_flight } = request;
     let ret = ret.map(|ret| {
         let (relay, answers) = libchan::pipe();
         tap.tasks.spawn(relay_answers(tap.clone(), answers, ret));
         relay
     });
-    let forwarded = Message { verb, args, ret, att, id };
+    let forwarded = Message { verb, args, ret, att, id, in_flight };
     tap.next.send(forwarded).await.map_err(|_| HandlerError::new("debug: downstream is gone"))
 }
 

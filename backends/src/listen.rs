@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use libchan::proto::Code;
-use libchan::{Listener, Receiver, Sender, Session};
+use libchan::{Limits, Listener, Receiver, Sender, Session, Tls};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::metrics;
-use crate::relay::{self, Watch};
+use crate::relay;
 use crate::service::{
-    is_secure, Backend, HandlerError, HandlerResult, Message, Server, SpawnError, Stage, Tasks,
-    Verb,
+    is_secure, Backend, HandlerError, HandlerResult, InFlight, Message, Server, SpawnError, Stage,
+    Tasks, Verb,
 };
 
 /// The `listen` backend: makes the rest of the chain a network node.
@@ -56,7 +56,7 @@ impl Backend for Listen {
             }
             let tls =
                 stage.node.tls_for(&url).map_err(|e| SpawnError::Failed(format!("listen {e}")))?;
-            let listener = libchan::listen_secure(&url, stage.node.limits.clone(), &tls)
+            let listener = bind(&stage.name, &url, stage.node.limits.clone(), tls)
                 .await
                 .map_err(|error| SpawnError::Failed(format!("listen {url}: {error}")))?;
             let local = listener.local_url().to_owned();
@@ -87,6 +87,23 @@ struct Listening {
     tasks: Tasks,
     /// Taken by the accept loop at `Start`.
     listener: std::sync::Mutex<Option<Listener>>,
+}
+
+/// Binds `url` in a task of its own. A QUIC endpoint's driver task, started here, enters the
+/// span current here on every poll for as long as it listens, several times per request: a
+/// debug span (off at the default level) costs nothing then, where the node's info span cost
+/// a few percent of a routing node's work per request. (The `remote` stage dials the same
+/// way.)
+async fn bind(label: &str, url: &str, limits: Limits, tls: Tls) -> Result<Listener, String> {
+    let url = url.to_owned();
+    let span = tracing::debug_span!(parent: None, "bind", stage = %label, url = %url);
+    let bound = tokio::spawn(
+        async move { libchan::listen_secure(&url, limits, &tls).await }.instrument(span),
+    );
+    match bound.await {
+        Ok(bound) => bound.map_err(|error| error.to_string()),
+        Err(error) => Err(format!("bind task failed: {error}")),
+    }
 }
 
 fn parse_args(
@@ -216,7 +233,7 @@ async fn serve_session(state: Arc<Listening>, session: Session) {
     tracing::info!("session closed for shutdown");
 }
 
-/// Forwards every request on one channel downstream, each with its answers relayed back.
+/// Forwards every request on one channel downstream.
 async fn serve_channel(
     state: Arc<Listening>,
     mut channel: Receiver<Message>,
@@ -249,7 +266,11 @@ async fn serve_channel(
     }
 }
 
-/// Sends one request downstream with its answers relayed back; `false` when the chain is gone.
+/// Sends one request downstream, counted in flight until its first answer (that is what
+/// shutdown waits for); `false` when the chain is gone.
+///
+/// The answers go straight to the asker's `ret`, with no relay here: the stages downstream
+/// end the count when the first answer went out (see [`InFlight`]).
 async fn serve_request(
     state: &Arc<Listening>,
     mut request: Message,
@@ -257,33 +278,13 @@ async fn serve_request(
 ) -> bool {
     metrics::count_message(&state.label);
     tracing::debug!(args = ?request.args, "request");
-    let answers = relay::intercept(&mut request);
-    if let Err(error) = state.downstream.send(request).await {
-        drop(error);
-        if let Some(answers) = answers {
-            answers.fail("listen: the chain is gone").await;
-        }
-        return false;
+    request.in_flight = Some(InFlight::new(in_flight.token()));
+    let Err(error) = state.downstream.send(request).await else { return true };
+    let request = error.into_inner();
+    if let Some(ret) = &request.ret {
+        let _ = ret.send(Message::error("listen: the chain is gone")).await;
     }
-    if let Some(answers) = answers {
-        // In flight until the first answer: that is what shutdown waits for.
-        let tasks = state.tasks.clone();
-        let watch = Watch {
-            who: format!("listen on {}", state.node),
-            session: None,
-            timeout: None,
-            shutdown: tasks.shutdown_token().clone(),
-        };
-        in_flight.spawn(
-            async move {
-                if let Some(rest) = answers.first(&watch).await {
-                    tasks.spawn(relay::rest(rest, watch).in_current_span());
-                }
-            }
-            .in_current_span(),
-        );
-    }
-    true
+    false
 }
 
 #[cfg(test)]

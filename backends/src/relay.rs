@@ -40,7 +40,7 @@ type Wrap = Arc<dyn Fn(Sender<Message>) -> Sender<Message> + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Watch {
     /// Prefix of error texts: `remote node-b`.
-    pub who: String,
+    pub who: Arc<str>,
     /// The session the answers come over: its end fails the request.
     pub session: Option<Session>,
     /// Bound on the wait for the first answer.

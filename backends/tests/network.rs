@@ -1,9 +1,15 @@
 //! `listen` and `remote` stages over real loopback sessions (tcp, tls, quic) in one process.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backends::service::{parse_pipeline, Client, Node, Pipeline, Tasks};
-use libchan::Tls;
+use backends::service::{
+    parse_pipeline, Backend, Client, Message, Node, Pipeline, Server, SpawnError, Stage, Tasks,
+    Verb,
+};
+use futures::future::BoxFuture;
+use libchan::{Sender, Tls};
+use tokio::sync::{Notify, Semaphore};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -182,4 +188,97 @@ async fn secure_urls_need_certificates() {
     let (sink, _) = libchan::pipe();
     let error = Pipeline::spawn(&registry, &specs, sink, &tasks).await.unwrap_err();
     assert!(error.to_string().contains("--allow needs tls:// or quic://"), "{error}");
+}
+
+/// A backend whose `Get` answers `Set(late)` only once the test opens the gate.
+#[derive(Clone)]
+struct Gate {
+    arrived: Arc<Notify>,
+    open: Arc<Semaphore>,
+}
+
+impl Gate {
+    fn closed() -> Self {
+        Self { arrived: Arc::new(Notify::new()), open: Arc::new(Semaphore::new(0)) }
+    }
+}
+
+impl Backend for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    fn usage(&self) -> &str {
+        ""
+    }
+
+    fn summary(&self) -> &str {
+        "answers Get once the test opens the gate"
+    }
+
+    fn spawn(&self, stage: Stage) -> BoxFuture<'static, Result<Sender<Message>, SpawnError>> {
+        let server = Server::with_state("gate", Arc::new(self.clone()))
+            .on(Verb::Start, |_, request: Message| async move {
+                request.reply(Message::ack()).await?;
+                Ok(())
+            })
+            .on(Verb::Get, |gate: Arc<Gate>, request: Message| async move {
+                gate.arrived.notify_one();
+                let _permit = gate.open.acquire().await?;
+                request.reply(Message::set(["late"])).await?;
+                Ok(())
+            })
+            .spawn(&stage.tasks);
+        Box::pin(async move { Ok(server) })
+    }
+}
+
+/// Shutdown of a node lets a request in flight get its first answer before it closes the
+/// session the request came by, with the node answering the request itself or routing it to
+/// another node. The asker closes its request channel at once, so only the request's own
+/// in-flight count holds the session open.
+#[tokio::test]
+async fn shutdown_waits_for_the_first_answer_of_a_request_in_flight() {
+    for routed in [false, true] {
+        let gate = Gate::closed();
+        let b_node = Node::default();
+        let registry = backends::registry().with(gate.clone()).with_node(b_node.clone());
+        let (sink, _) = libchan::pipe();
+        let b_tasks = Tasks::new();
+        let specs = parse_pipeline(&["listen tcp://127.0.0.1:0", "gate"]).unwrap();
+        let b = Pipeline::spawn(&registry, &specs, sink, &b_tasks).await.unwrap();
+        b.start(LIMIT).await.unwrap();
+        let b_url = b_node.listening()[0].clone();
+        let a_tasks = if routed { Tasks::new() } else { b_tasks.clone() };
+        let url = if routed {
+            let node = Node::default();
+            let remote = format!("remote {b_url}");
+            run(&node, &["listen tcp://127.0.0.1:0", &remote], &a_tasks).await.1[0].clone()
+        } else {
+            b_url
+        };
+
+        let session = libchan::connect(&url).await.unwrap();
+        let channel = session.open::<Message>().await.unwrap();
+        let (ret, mut answers) = libchan::pipe();
+        channel.send(Message::new(Verb::Get).with_ret(ret)).await.unwrap();
+        channel.close().await;
+        tokio::time::timeout(LIMIT, gate.arrived.notified()).await.expect("the Get arrived");
+
+        let stopping = tokio::spawn({
+            let a_tasks = a_tasks.clone();
+            async move { a_tasks.shutdown(LIMIT).await }
+        });
+        tokio::time::timeout(LIMIT, a_tasks.drain_token().cancelled()).await.unwrap();
+        assert!(session.close_reason().is_none(), "routed {routed}: closed before the answer");
+        gate.open.add_permits(1);
+        let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap();
+        let answer = answer.expect("an answer before the session closed");
+        assert_eq!((answer.verb, answer.args), (Verb::Set, vec!["late".to_owned()]));
+        // Done with the answers: the node's close need not wait for the end of their channel.
+        drop(answers);
+        assert!(tokio::time::timeout(LIMIT, stopping).await.unwrap().unwrap(), "routed {routed}");
+        tokio::time::timeout(LIMIT, session.closed()).await.expect("closed after the answer");
+        assert!(b_tasks.shutdown(LIMIT).await);
+    }
 }

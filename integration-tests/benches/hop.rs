@@ -1,8 +1,11 @@
 //! What one routing hop costs: request/response to B directly, and through A (which runs
 //! `remote` to B), over QUIC and over TLS. Real node processes on loopback; the client is
-//! an in-process `remote` stage. Prints p50/p99 and the ratio of the p50s.
+//! an in-process `remote` stage. Prints p50/p99, the ratio of the p50s, and what each routed
+//! request costs node A: CPU time and thread switches (from `/proc/PID/task/*`), which the
+//! machine's load disturbs less than latency does.
 //!
-//! `cargo bench -p integration-tests --bench hop` (`-- --quick` for a tenth of the rounds).
+//! `cargo bench -p integration-tests --bench hop` (`-- --quick` for a tenth of the rounds,
+//! `-- quic` or `-- tls` for one transport).
 
 use std::time::{Duration, Instant};
 
@@ -15,21 +18,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let rounds = if quick { 500 } else { 5_000 };
+    let only: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(rounds));
+    runtime.block_on(run(rounds, &only));
 }
 
-async fn run(rounds: usize) {
+async fn run(rounds: usize, only: &[String]) {
     let swarm = Swarm::new(BIN);
     let me = swarm.identity("bench-client");
     println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names)");
-    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request |");
+    println!("|---|---|---|---|---|---|---|---|");
     for scheme in ["quic", "tls"] {
+        if !only.is_empty() && !only.iter().any(|name| name == scheme) {
+            continue;
+        }
         let b = swarm
             .node("node-b")
             .with_certs()
@@ -49,17 +56,27 @@ async fn run(rounds: usize) {
         let routed =
             client_of(me.clone(), &format!("{} --node node-a", a.url()), LIMIT, &tasks).await;
         let direct = measure(&direct, rounds).await;
+        let before = Usage::of(a.pid());
         let routed = measure(&routed, rounds).await;
+        let cost = Usage::of(a.pid()).since(&before);
+        #[allow(clippy::cast_precision_loss)] // rounds and counts are far below 2^52
+        let per = |total: u64| total as f64 / (rounds + rounds / 10) as f64;
         let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
             p(&direct, 0.5),
             p(&direct, 0.99),
             p(&routed, 0.5),
             p(&routed, 0.99),
-            p(&routed, 0.5) / p(&direct, 0.5)
+            p(&routed, 0.5) / p(&direct, 0.5),
+            per(cost.cpu_ns) / 1000.0,
+            per(cost.switches),
         );
         tasks.shutdown(Duration::from_secs(5)).await;
+        // Stopped by SIGTERM, so a node run under a profiler writes its profile.
+        let (mut a, mut b) = (a, b);
+        a.terminate();
+        b.terminate();
     }
 }
 
@@ -77,4 +94,40 @@ async fn measure(client: &Client, rounds: usize) -> Histogram<u64> {
         histogram.record(elapsed).expect("record");
     }
     histogram
+}
+
+/// CPU time and thread switches of a process so far, summed over its threads.
+#[derive(Debug, Default)]
+struct Usage {
+    cpu_ns: u64,
+    switches: u64,
+}
+
+impl Usage {
+    /// Reads `/proc/PID/task/*/schedstat` (nanoseconds on CPU) and `.../status` (voluntary
+    /// and involuntary switches); zero on a system without them.
+    fn of(pid: u32) -> Self {
+        let mut usage = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return usage };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let on_cpu = schedstat.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+            usage.cpu_ns += on_cpu.unwrap_or(0);
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            usage.switches += status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        usage
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
 }

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libchan::{ByteStream, Sender};
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// What a message asks for or answers with.
 ///
@@ -151,6 +153,11 @@ pub struct Message {
     /// `[A-Za-z0-9._:-]` are kept by the network stages, which replace other ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Keeps the request counted as in flight by the `listen` stage it came in by, until its
+    /// first answer (see [`InFlight`]). Moves with the message between stages of one node;
+    /// never sent.
+    #[serde(skip)]
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 /// The longest request id the network stages keep.
@@ -167,7 +174,7 @@ pub const MAX_ARGS: usize = 65_536;
 impl Message {
     /// A message with this verb and nothing else.
     pub fn new(verb: Verb) -> Self {
-        Self { verb, args: Vec::new(), ret: None, att: None, id: None }
+        Self { verb, args: Vec::new(), ret: None, att: None, id: None, in_flight: None }
     }
 
     /// `Ack` with no arguments.
@@ -259,7 +266,33 @@ impl Message {
     /// no longer listens.
     pub async fn reply(&self, reply: Message) -> Result<(), ReplyError> {
         let ret = self.ret.as_ref().ok_or_else(|| ReplyError::NoRet { verb: self.verb.clone() })?;
-        ret.send(reply).await.map_err(|_| ReplyError::Gone { verb: self.verb.clone() })
+        let sent = ret.send(reply).await.map_err(|_| ReplyError::Gone { verb: self.verb.clone() });
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.release();
+        }
+        sent
+    }
+}
+
+/// A request counted as in flight by a `listen` stage, so its shutdown can wait for the
+/// request's first answer without relaying the answers itself.
+///
+/// The count ends at [`Message::reply`] (the first answer went out), when a `remote` stage
+/// relayed the first answer from its node, or when the last clone is gone: the request was
+/// dropped and the [`Server`](crate::service::Server) handler that had it returned (after its
+/// error answer, if any, went out). Clones share the count.
+#[derive(Clone)]
+pub(crate) struct InFlight(Arc<Mutex<Option<TaskTrackerToken>>>);
+
+impl InFlight {
+    pub(crate) fn new(token: TaskTrackerToken) -> Self {
+        Self(Arc::new(Mutex::new(Some(token))))
+    }
+
+    /// Ends the count (for every clone); later calls do nothing.
+    pub(crate) fn release(&self) {
+        // Invariant: plain data behind the lock; a poisoned lock still holds a valid Option.
+        drop(self.0.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 

@@ -15,6 +15,7 @@ mod spec;
 mod tasks;
 
 pub use client::{with_request_id, Attached, Client, ClientError};
+pub(crate) use message::InFlight;
 pub use message::{Message, ReplyError, Verb, MAX_ARGS, MAX_ID_LEN};
 pub use node::{is_secure, node_limits, Node};
 pub use pipeline::Pipeline;

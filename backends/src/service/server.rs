@@ -224,20 +224,24 @@ where
 
 async fn dispatch<S>(service: &str, handler: Option<Handler<S>>, state: Arc<S>, request: Message) {
     let verb = request.verb.clone();
-    // Kept so a failing handler can still be answered after it consumed the request.
+    // Kept so a failing handler can still be answered after it consumed the request, and
+    // counted in flight until then (a handler that passes the request on passes the count).
     let ret = request.ret.clone();
+    let in_flight = request.in_flight.clone();
     let result = match handler {
         Some(handler) => handler(state, request).await,
         None => Err(HandlerError::new(format!("not implemented: {verb}"))),
     };
-    let Err(error) = result else { return };
-    tracing::debug!(service, %verb, %error, "request failed");
-    match ret {
-        Some(ret) => {
-            let _ = ret.send(Message::error(error.0)).await;
+    if let Err(error) = result {
+        tracing::debug!(service, %verb, %error, "request failed");
+        match ret {
+            Some(ret) => {
+                let _ = ret.send(Message::error(error.0)).await;
+            }
+            None => tracing::debug!(service, %verb, "no return channel for the error"),
         }
-        None => tracing::debug!(service, %verb, "no return channel for the error"),
     }
+    drop(in_flight);
 }
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 256;
