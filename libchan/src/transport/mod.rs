@@ -5,6 +5,7 @@
 //! [`yamux`](self::yamux); QUIC with native streams plugs in the same way in
 //! [`quic`](self::quic).
 
+pub(crate) mod batch;
 pub(crate) mod quic;
 pub(crate) mod tls;
 pub(crate) mod traffic;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::batch::Batched;
 use super::traffic::{Counted, Counters, Traffic};
 use super::{Mux, RawStream};
 use crate::Limits;
@@ -40,7 +41,9 @@ trait OpenNow: Send + Sync {
 
 /// The connection, shared by the driver and callers of `open_now`.
 struct Shared<S> {
-    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<S>>>,
+    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<Batched<Counted<S>>>>>,
+    /// The connection's socket, which the driver sends the frames of each of its polls on.
+    socket: Batched<Counted<S>>,
     driver: AtomicWaker,
 }
 
@@ -48,6 +51,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>> {
         let mut conn = self.conn.try_lock().ok()?;
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        // Opening an outbound stream does no I/O: nothing enters the socket's batch here.
         let opened = conn.poll_new_outbound(&mut cx);
         drop(conn);
         // The driver sends what the open queued, and re-registers its own waker.
@@ -84,9 +88,10 @@ where
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
-    let io = Counted::new(io, counters.clone());
+    let socket = Batched::new(Counted::new(io, counters.clone()));
     let shared = Arc::new(Shared {
-        conn: Mutex::new(yamux::Connection::new(io.compat(), config, mode)),
+        conn: Mutex::new(yamux::Connection::new(socket.handle().compat(), config, mode)),
+        socket,
         driver: AtomicWaker::new(),
     });
     let (open_tx, open_rx) = mpsc::channel(64);
@@ -258,7 +263,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
         if this.closing {
             return match conn.poll_close(cx) {
                 Poll::Ready(_) => Poll::Ready("closed locally".into()),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    // Closing writes yamux's last frames, and sends them when it shuts the
+                    // socket down; whatever it left in the batch before waiting goes now.
+                    let _ = shared.socket.poll_send(cx);
+                    Poll::Pending
+                }
             };
         }
         loop {
@@ -279,16 +289,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 Poll::Pending => break,
             }
         }
+        let mut failed = None;
         loop {
             match conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
                     // The channel holds max_streams entries and yamux admits no more streams
                     // than that, so it is never full; if it were, dropping resets the stream.
                     let _ = this.inbound_tx.try_send(split(stream));
+                    continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
                 Poll::Ready(None) => return Poll::Ready("connection closed by peer".into()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {}
+            }
+            if let Some(reason) = failed {
+                return Poll::Ready(reason);
+            }
+            // Every frame yamux wrote in this poll leaves in one write. A socket that cannot
+            // take it all wakes this task when it can. A failed send fails yamux's next flush,
+            // so polling the connection once more ends it and fails its streams.
+            match shared.socket.poll_send(cx) {
+                Poll::Ready(Err(e)) => failed = Some(e.to_string()),
+                Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
             }
         }
     }
