@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -19,7 +20,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::batch::Batched;
 use super::traffic::{Counted, Counters, Traffic};
-use super::{Mux, RawStream};
+use super::{Hold, Mux, RawStream};
 use crate::Limits;
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
@@ -37,6 +38,9 @@ pub(crate) struct YamuxMux {
 /// that names it.
 trait OpenNow: Send + Sync {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>>;
+    /// See [`Mux::hold`]; every `hold` is followed by one `release`.
+    fn hold(&self);
+    fn release(&self);
 }
 
 /// The connection, shared by the driver and callers of `open_now`.
@@ -44,6 +48,8 @@ struct Shared<S> {
     conn: Mutex<yamux::Connection<tokio_util::compat::Compat<Batched<Counted<S>>>>>,
     /// The connection's socket, which the driver sends the frames of each of its polls on.
     socket: Batched<Counted<S>>,
+    /// Callers of `Mux::hold` still writing: the driver sends nothing meanwhile.
+    held: AtomicUsize,
     driver: AtomicWaker,
 }
 
@@ -59,6 +65,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         match opened {
             Poll::Ready(result) => Some(result.map_err(io::Error::other)),
             Poll::Pending => None,
+        }
+    }
+
+    fn hold(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        // The driver may have skipped a send while held: the last release has it poll again.
+        if self.held.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.driver.wake();
         }
     }
 }
@@ -92,6 +109,7 @@ where
     let shared = Arc::new(Shared {
         conn: Mutex::new(yamux::Connection::new(socket.handle().compat(), config, mode)),
         socket,
+        held: AtomicUsize::new(0),
         driver: AtomicWaker::new(),
     });
     let (open_tx, open_rx) = mpsc::channel(64);
@@ -128,6 +146,12 @@ impl Mux for YamuxMux {
 
     fn try_open(&self) -> Option<io::Result<RawStream>> {
         Some(self.now.open_now()?.map(split))
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        self.now.hold();
+        let now = self.now.clone();
+        Some(Hold::new(move || now.release()))
     }
 
     fn close(&self, _code: crate::proto::Code, _reason: &str) {
@@ -304,6 +328,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
             if let Some(reason) = failed {
                 return Poll::Ready(reason);
+            }
+            if shared.held.load(Ordering::SeqCst) > 0 {
+                // A sender is writing frames that belong with these; its release wakes us.
+                return Poll::Pending;
             }
             // Every frame yamux wrote in this poll leaves in one write. A socket that cannot
             // take it all wakes this task when it can. A failed send fails yamux's next flush,
