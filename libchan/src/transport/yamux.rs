@@ -331,6 +331,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
             if shared.held.load(Ordering::SeqCst) > 0 {
                 // A sender is writing frames that belong with these; its release wakes us.
+                // Holds last no longer than a synchronous write, and a full batch still goes
+                // out from yamux's own writes, so at most one batch waits here.
                 return Poll::Pending;
             }
             // Every frame yamux wrote in this poll leaves in one write. A socket that cannot
@@ -349,7 +351,9 @@ const YAMUX_MARGIN: usize = 64;
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -417,5 +421,39 @@ mod tests {
         stream.waker.expect("a waker").wake();
         assert_eq!(writer.0.load(Ordering::SeqCst), 1, "the writer is woken");
         assert_eq!(reader.0.load(Ordering::SeqCst), 1, "the reader is woken");
+    }
+
+    /// What streams write while the connection is held leaves once the last hold is released:
+    /// the driver skipped its send meanwhile, and nothing else would wake it.
+    /// One thread: the driver runs exactly when this task yields.
+    #[tokio::test]
+    async fn writes_made_while_held_leave_on_release() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let limits = Limits::default();
+        let (dialer, _, _done_a) = start(a, true, &limits);
+        let (_listener, mut inbound, _done_b) = start(b, false, &limits);
+        for round in 0..50u8 {
+            let outer = dialer.hold().expect("yamux can hold");
+            let inner = dialer.hold().expect("yamux can hold");
+            let mut stream = match dialer.try_open() {
+                Some(opened) => opened.expect("the connection is up"),
+                None => dialer.open().await.expect("the connection is up"),
+            };
+            stream.write.write_all(&[round; 100]).await.expect("the stream takes bytes");
+            drop(inner);
+            // The driver, woken by the write, runs now and finds the connection held.
+            tokio::task::yield_now().await;
+            drop(outer);
+            let mut arrived = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+                .await
+                .expect("the stream arrives after the release")
+                .expect("the connection is up");
+            let mut got = [0u8; 100];
+            tokio::time::timeout(Duration::from_secs(10), arrived.read.read_exact(&mut got))
+                .await
+                .expect("the bytes arrive after the release")
+                .expect("the stream is readable");
+            assert_eq!(got, [round; 100]);
+        }
     }
 }
