@@ -241,6 +241,7 @@ async fn raw_stream_pair(net: Net) -> (RawStream, RawStream) {
             let (ar, mut aw) = tokio::io::split(a.unwrap());
             let (br, bw) = tokio::io::split(b.unwrap());
             aw.write_all(&[1]).await.unwrap();
+            aw.flush().await.unwrap();
             (
                 RawStream { read: Box::new(ar), write: Box::new(aw), _keep: Box::new(()) },
                 RawStream { read: Box::new(br), write: Box::new(bw), _keep: Box::new(()) },
@@ -337,10 +338,12 @@ async fn ping_pong_raw(net: Net, n: u64) -> (f64, f64) {
     let (a, b) = raw_stream_pair(net).await;
     let (mut r, mut w) = (a.read, a.write);
     let (mut pr, mut pw) = (b.read, b.write);
+    // Both ends flush: a rustls stream may keep a record it could not write at once until
+    // flushed, and the round trip then waited forever (on yamux and quinn a flush is free).
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         while pr.read_exact(&mut buf).await.is_ok() {
-            if pw.write_all(&buf).await.is_err() {
+            if pw.write_all(&buf).await.is_err() || pw.flush().await.is_err() {
                 break;
             }
         }
@@ -350,6 +353,7 @@ async fn ping_pong_raw(net: Net, n: u64) -> (f64, f64) {
     for i in 0..n + 100 {
         let start = Instant::now();
         w.write_all(&buf).await.unwrap();
+        w.flush().await.unwrap();
         r.read_exact(&mut buf).await.unwrap();
         if i >= 100 {
             hist.record(start.elapsed().as_nanos() as u64).unwrap();
