@@ -42,17 +42,34 @@ trait OpenNow: Send + Sync {
 /// The connection, shared by the driver and callers of `open_now`.
 struct Shared<S> {
     conn: Mutex<yamux::Connection<tokio_util::compat::Compat<S>>>,
-    driver: AtomicWaker,
+    driver: Arc<DriverWaker>,
+}
+
+/// Wakes the driver task. `open_now` polls the connection with it: yamux keeps the waker it is
+/// polled with (a closing connection polls its close with it), so a no-op waker there would
+/// take the driver's wake-up, and the driver, and every open waiting on it, would wait forever.
+#[derive(Default)]
+struct DriverWaker(AtomicWaker);
+
+impl Wake for DriverWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake();
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>> {
         let mut conn = self.conn.try_lock().ok()?;
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let waker = Waker::from(self.driver.clone());
+        let mut cx = Context::from_waker(&waker);
         let opened = conn.poll_new_outbound(&mut cx);
         drop(conn);
         // The driver sends what the open queued, and re-registers its own waker.
-        self.driver.wake();
+        self.driver.0.wake();
         match opened {
             Poll::Ready(result) => Some(result.map_err(io::Error::other)),
             Poll::Pending => None,
@@ -88,7 +105,7 @@ where
     let io = Counted::new(io, counters.clone());
     let shared = Arc::new(Shared {
         conn: Mutex::new(yamux::Connection::new(io.compat(), config, mode)),
-        driver: AtomicWaker::new(),
+        driver: Arc::default(),
     });
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
@@ -342,7 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
         let this = self.get_mut();
-        this.shared.driver.register(cx.waker());
+        this.shared.driver.0.register(cx.waker());
         let shared = this.shared.clone();
         // Invariant: nothing panics while holding this lock; a poisoned lock still holds the
         // connection, which then reports its own errors.
