@@ -384,10 +384,13 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
                 let start = state.buf.len();
                 let encoded = encode_into(&mut state.buf, &value, &shared.session, shared.ref_id)
                     .and_then(|exports| shared.session.commit(exports));
-                if let Err(reason) = encoded {
-                    state.buf.truncate(start);
-                    return Err(SendError::new(value, reason));
-                }
+                let committed = match encoded {
+                    Ok(committed) => committed,
+                    Err(reason) => {
+                        state.buf.truncate(start);
+                        return Err(SendError::new(value, reason));
+                    }
+                };
                 if start == 0 && std::mem::take(&mut state.inline) {
                     write_inline(shared, &mut state.buf);
                 }
@@ -395,6 +398,7 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
                 if start == 0 {
                     shared.wake.notify_one();
                 }
+                committed.run();
                 return Ok(());
             }
         }
@@ -907,16 +911,36 @@ impl NetReceiver {
         else {
             return;
         };
+        let mut last = BytesMut::new();
+        match tell {
+            Some(Some(close)) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
+            Some(None) => frame::encode(FrameType::RecvClosed, &[], &mut last),
+            None => {}
+        }
+        // Most often the stream takes the frame and its end at once, from this task; only a
+        // stream that makes us wait gets a task to finish it. A failed write still ends it.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut write_pending = false;
+        while !last.is_empty() {
+            match Pin::new(&mut write).poll_write(&mut cx, &last) {
+                Poll::Ready(Ok(n)) if n > 0 => last.advance(n),
+                Poll::Ready(_) => last.clear(),
+                Poll::Pending => {
+                    write_pending = true;
+                    break;
+                }
+            }
+        }
+        if !write_pending
+            && Pin::new(&mut write).poll_flush(&mut cx).is_ready()
+            && Pin::new(&mut write).poll_shutdown(&mut cx).is_ready()
+        {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            match tell {
-                Some(Some(close)) => {
-                    let _ = write_frame(&mut write, FrameType::CloseErr, &close.encode()).await;
-                }
-                Some(None) => {
-                    let _ = write_frame(&mut write, FrameType::RecvClosed, &[]).await;
-                }
-                None => {}
+            if !last.is_empty() && write.write_all(&last).await.is_ok() {
+                let _ = write.flush().await;
             }
             let _ = write.shutdown().await;
             drop((reader, permit));

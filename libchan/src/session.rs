@@ -16,7 +16,7 @@ use crate::chan::{Receiver, Sender};
 use crate::context::Export;
 use crate::framed::{read_control, write_frame, FrameReader, ReadError};
 use crate::proto::{Accept, CloseErr, Code, Direction, FrameDecoder, FrameType, Kind, Open};
-use crate::transport::{BoxWrite, Mux, RawStream};
+use crate::transport::{BoxWrite, Hold, Mux, RawStream};
 use crate::{Limits, Message, OpenError};
 
 /// A libchan session over one connection. Either side opens top-level channels with
@@ -346,10 +346,15 @@ impl SessionInner {
     }
 
     /// Opens streams for a message's exports. Takes every stream permit first, so on failure
-    /// nothing was opened.
-    pub(crate) fn commit(self: &Arc<Self>, exports: Vec<Export>) -> Result<(), crate::SendFailure> {
+    /// nothing was opened. The handles whose streams opened at once come back as [`Started`],
+    /// for the sender to run once it let go of its channel's lock.
+    pub(crate) fn commit(
+        self: &Arc<Self>,
+        exports: Vec<Export>,
+    ) -> Result<Committed, crate::SendFailure> {
+        let mut started = Vec::new();
         if exports.is_empty() {
-            return Ok(());
+            return Ok(Committed { started, _hold: None });
         }
         if self.is_closing() {
             return Err(crate::SendFailure::Closed);
@@ -365,6 +370,8 @@ impl SessionInner {
                 }
             }
         }
+        // The OPENs and the message naming them leave together.
+        let hold = self.mux.hold();
         for (export, permit) in exports.into_iter().zip(permits) {
             let session = self.clone();
             let mut open = BytesMut::new();
@@ -380,6 +387,12 @@ impl SessionInner {
                 }
             }
             let in_flight = self.in_flight();
+            if let Some(mut stream) = opened.take_if(|_| open.is_empty()) {
+                stream.permit = Some(permit);
+                let start = (export.start)(session, export.open.ref_id, stream);
+                started.push(Started { start, in_flight });
+                continue;
+            }
             tokio::spawn(async move {
                 let opened = match opened {
                     Some(stream) => Ok(stream),
@@ -405,7 +418,7 @@ impl SessionInner {
                 }
             });
         }
-        Ok(())
+        Ok(Committed { started, _hold: hold })
     }
 
     /// Pairs a reference named in a message with its stream. `direction` is the OPEN's.
@@ -511,6 +524,40 @@ impl SessionInner {
     fn would_park(&self, ref_id: u64) -> bool {
         let table = lock(&self.rendezvous);
         table.entries.contains_key(&ref_id) || table.entries.len() < self.limits.max_pending_refs
+    }
+}
+
+/// What a sender finishes once the message is written and its channel's lock released.
+pub(crate) struct Committed {
+    started: Vec<Started>,
+    /// Released last, after the message was written next to its OPENs.
+    _hold: Option<Hold>,
+}
+
+impl Committed {
+    pub(crate) fn run(self) {
+        self.started.into_iter().for_each(Started::run);
+    }
+}
+
+/// The local side of a sent handle whose stream is open, not yet polled.
+struct Started {
+    start: futures::future::BoxFuture<'static, ()>,
+    in_flight: InFlight,
+}
+
+impl Started {
+    /// Polls the handle's start once in the caller's task (a pipe's receiver then holds the
+    /// stream before `send` returns, with no task hand-off); only a start that has to wait
+    /// gets a task of its own. The stream counts for the drain from this first poll on.
+    fn run(mut self) {
+        // A start that waits is polled again at once by its task, with the task's waker.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let first = self.start.as_mut().poll(&mut cx);
+        drop(self.in_flight);
+        if first.is_pending() {
+            tokio::spawn(self.start);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`yamux`](self::yamux); QUIC with native streams plugs in the same way in
 //! [`quic`](self::quic).
 
+pub(crate) mod batch;
 pub(crate) mod quic;
 pub(crate) mod tls;
 pub(crate) mod traffic;
@@ -72,11 +73,36 @@ pub(crate) trait Mux: Send + Sync + 'static {
     fn try_open(&self) -> Option<io::Result<RawStream>> {
         None
     }
+    /// Keeps the connection from sending until the returned guard is dropped, so that what is
+    /// written meanwhile on several streams leaves together. Only for a short section that
+    /// does not wait; `None` where the transport has no such control.
+    fn hold(&self) -> Option<Hold> {
+        None
+    }
     /// Starts closing the connection; streams fail afterwards. Transports that can carry a
     /// close code and reason themselves (QUIC) send them.
     fn close(&self, code: crate::proto::Code, reason: &str);
     /// The bytes the connection carried so far.
     fn traffic(&self) -> traffic::Traffic;
+}
+
+/// See [`Mux::hold`]: sending resumes when this is dropped.
+pub(crate) struct Hold {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Hold {
+    pub(crate) fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        Self { release: Some(Box::new(release)) }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// Raw yamux streams on the same driver the sessions use, without libchan's framing: the

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -18,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::batch::Batched;
 use super::traffic::{Counted, Counters, Traffic};
-use super::{Mux, RawStream};
+use super::{Hold, Mux, RawStream};
 use crate::Limits;
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
@@ -37,11 +39,18 @@ pub(crate) struct YamuxMux {
 /// that names it.
 trait OpenNow: Send + Sync {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>>;
+    /// See [`Mux::hold`]; every `hold` is followed by one `release`.
+    fn hold(&self);
+    fn release(&self);
 }
 
 /// The connection, shared by the driver and callers of `open_now`.
 struct Shared<S> {
-    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<S>>>,
+    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<Batched<Counted<S>>>>>,
+    /// The connection's socket, which the driver sends the frames of each of its polls on.
+    socket: Batched<Counted<S>>,
+    /// Callers of `Mux::hold` still writing: the driver sends nothing meanwhile.
+    held: AtomicUsize,
     driver: Arc<DriverWaker>,
 }
 
@@ -66,6 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         let mut conn = self.conn.try_lock().ok()?;
         let waker = Waker::from(self.driver.clone());
         let mut cx = Context::from_waker(&waker);
+        // Opening an outbound stream writes nothing: nothing enters the socket's batch here.
         let opened = conn.poll_new_outbound(&mut cx);
         drop(conn);
         // The driver sends what the open queued, and re-registers its own waker.
@@ -73,6 +83,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         match opened {
             Poll::Ready(result) => Some(result.map_err(io::Error::other)),
             Poll::Pending => None,
+        }
+    }
+
+    fn hold(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        // The driver may have skipped a send while held: the last release has it poll again.
+        if self.held.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.driver.0.wake();
         }
     }
 }
@@ -102,9 +123,11 @@ where
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
-    let io = Counted::new(io, counters.clone());
+    let socket = Batched::new(Counted::new(io, counters.clone()));
     let shared = Arc::new(Shared {
-        conn: Mutex::new(yamux::Connection::new(io.compat(), config, mode)),
+        conn: Mutex::new(yamux::Connection::new(socket.handle().compat(), config, mode)),
+        socket,
+        held: AtomicUsize::new(0),
         driver: Arc::default(),
     });
     let (open_tx, open_rx) = mpsc::channel(64);
@@ -142,6 +165,12 @@ impl Mux for YamuxMux {
 
     fn try_open(&self) -> Option<io::Result<RawStream>> {
         Some(self.now.open_now()?.map(split))
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        self.now.hold();
+        let now = self.now.clone();
+        Some(Hold::new(move || now.release()))
     }
 
     fn close(&self, _code: crate::proto::Code, _reason: &str) {
@@ -375,7 +404,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     conn.abort();
                     Poll::Ready("closed locally; the peer did not close its side in time".into())
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    // Closing writes yamux's last frames, and sends them when it shuts the
+                    // socket down; whatever it left in the batch before waiting goes now.
+                    let _ = shared.socket.poll_send(cx);
+                    Poll::Pending
+                }
             };
         }
         loop {
@@ -396,16 +430,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 Poll::Pending => break,
             }
         }
+        let mut failed = None;
         loop {
             match conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
                     // The channel holds max_streams entries and yamux admits no more streams
                     // than that, so it is never full; if it were, dropping resets the stream.
                     let _ = this.inbound_tx.try_send(split(stream));
+                    continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
                 Poll::Ready(None) => return Poll::Ready("connection closed by peer".into()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {}
+            }
+            if let Some(reason) = failed {
+                return Poll::Ready(reason);
+            }
+            if shared.held.load(Ordering::SeqCst) > 0 {
+                // A sender is writing frames that belong with these; its release wakes us.
+                // Holds last no longer than a synchronous write, and a full batch still goes
+                // out from yamux's own writes, so at most one batch waits here.
+                return Poll::Pending;
+            }
+            // Every frame yamux wrote in this poll leaves in one write. A socket that cannot
+            // take it all wakes this task when it can. A failed send fails yamux's next flush,
+            // so polling the connection once more ends it and fails its streams.
+            match shared.socket.poll_send(cx) {
+                Poll::Ready(Err(e)) => failed = Some(e.to_string()),
+                Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -420,7 +472,9 @@ const YAMUX_MARGIN: usize = 64;
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -488,5 +542,39 @@ mod tests {
         stream.waker.expect("a waker").wake();
         assert_eq!(writer.0.load(Ordering::SeqCst), 1, "the writer is woken");
         assert_eq!(reader.0.load(Ordering::SeqCst), 1, "the reader is woken");
+    }
+
+    /// What streams write while the connection is held leaves once the last hold is released:
+    /// the driver skipped its send meanwhile, and nothing else would wake it.
+    /// One thread: the driver runs exactly when this task yields.
+    #[tokio::test]
+    async fn writes_made_while_held_leave_on_release() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let limits = Limits::default();
+        let (dialer, _, _done_a) = start(a, true, &limits);
+        let (_listener, mut inbound, _done_b) = start(b, false, &limits);
+        for round in 0..50u8 {
+            let outer = dialer.hold().expect("yamux can hold");
+            let inner = dialer.hold().expect("yamux can hold");
+            let mut stream = match dialer.try_open() {
+                Some(opened) => opened.expect("the connection is up"),
+                None => dialer.open().await.expect("the connection is up"),
+            };
+            stream.write.write_all(&[round; 100]).await.expect("the stream takes bytes");
+            drop(inner);
+            // The driver, woken by the write, runs now and finds the connection held.
+            tokio::task::yield_now().await;
+            drop(outer);
+            let mut arrived = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+                .await
+                .expect("the stream arrives after the release")
+                .expect("the connection is up");
+            let mut got = [0u8; 100];
+            tokio::time::timeout(Duration::from_secs(10), arrived.read.read_exact(&mut got))
+                .await
+                .expect("the bytes arrive after the release")
+                .expect("the stream is readable");
+            assert_eq!(got, [round; 100]);
+        }
     }
 }

@@ -1,0 +1,265 @@
+//! A yamux connection's socket whose writes leave in batches.
+//!
+//! rust-yamux writes every frame as two writes (its 12-byte header, then the body) and flushes
+//! after each frame. Straight on a socket that is a system call per write, and over rustls a TLS
+//! record per write as well. [`Batched`] gathers those writes in one buffer and treats yamux's
+//! flushes as no-ops; the yamux driver writes the buffer out with [`Batched::poll_send`] at the
+//! end of each of its polls, so every frame yamux produced in one poll leaves in one write.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A socket shared by the yamux connection (which reads and writes it) and the driver (which
+/// sends what the connection wrote). Both only touch it while holding the connection's lock,
+/// so its own lock is never contended.
+pub(crate) struct Batched<S> {
+    inner: Arc<Mutex<Inner<S>>>,
+}
+
+struct Inner<S> {
+    io: S,
+    /// Bytes written by yamux and not yet handed to `io`; at most [`BATCH_LEN`].
+    out: Vec<u8>,
+    /// How much of `out` `io` has taken.
+    sent: usize,
+    /// The error of a send the driver made, for yamux to see at its next flush.
+    failed: Option<io::Error>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Batched<S> {
+    pub(crate) fn new(io: S) -> Self {
+        let inner = Inner { io, out: Vec::new(), sent: 0, failed: None };
+        Self { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    /// A second handle on the same socket.
+    pub(crate) fn handle(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+
+    /// Writes out everything buffered and flushes the socket. On an error, the next flush
+    /// yamux makes fails with it too, so the connection ends and fails its streams.
+    pub(crate) fn poll_send(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.lock();
+        let sent = match inner.poll_write_out(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut inner.io).poll_flush(cx),
+            other => other,
+        };
+        if let Poll::Ready(Err(e)) = &sent {
+            inner.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+        sent
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // Invariant: nothing panics while holding this lock; a poisoned lock still holds a
+        // usable socket, which then reports its own errors.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// Hands `out` to the socket, without flushing it.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut inner = self.lock();
+        if let Some(e) = inner.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        if buf.len() >= DIRECT_LEN || inner.out.len() + buf.len() > BATCH_LEN {
+            // What came before goes first. When the socket is full the writer waits here,
+            // which is how yamux feels backpressure.
+            ready!(inner.poll_write_out(cx))?;
+        }
+        if buf.len() >= DIRECT_LEN {
+            // Large bodies go straight to the socket rather than through another copy.
+            return Pin::new(&mut inner.io).poll_write(cx, buf);
+        }
+        inner.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// Deferred: the driver sends the batch at the end of its poll.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.lock().failed.take() {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.lock();
+        if let Some(e) = inner.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        ready!(inner.poll_write_out(cx))?;
+        Pin::new(&mut inner.io).poll_shutdown(cx)
+    }
+}
+
+/// Most bytes a batch holds; a write that does not fit sends the batch first.
+const BATCH_LEN: usize = 64 * 1024;
+
+/// Writes at least this long skip the batch (after sending it): bulk data frames cost one copy
+/// less, and their header was a write of its own before batching too.
+const DIRECT_LEN: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use futures::task::noop_waker_ref;
+
+    use super::*;
+
+    /// A socket that records each write it takes, taking at most `room` bytes in all.
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        room: usize,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room -= n;
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(socket: &mut Batched<Recorder>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(socket).poll_write(&mut Context::from_waker(noop_waker_ref()), bytes)
+    }
+
+    fn writes(socket: &Batched<Recorder>) -> Vec<Vec<u8>> {
+        socket.lock().io.writes.clone()
+    }
+
+    #[test]
+    fn frames_written_and_flushed_leave_in_one_write_when_sent() {
+        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: usize::MAX });
+        let mut cx = Context::from_waker(noop_waker_ref());
+        for part in [&b"header-1"[..], b"body-1", b"header-2", b"body-2"] {
+            assert!(matches!(write(&mut socket, part), Poll::Ready(Ok(n)) if n == part.len()));
+            assert!(Pin::new(&mut socket).poll_flush(&mut cx).is_ready());
+        }
+        assert!(writes(&socket).is_empty(), "yamux's flushes write nothing");
+        assert!(matches!(socket.poll_send(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(writes(&socket), vec![b"header-1body-1header-2body-2".to_vec()]);
+    }
+
+    #[test]
+    fn a_large_write_follows_what_was_batched_before_it() {
+        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: usize::MAX });
+        let body = vec![7u8; DIRECT_LEN];
+        assert!(write(&mut socket, b"header").is_ready());
+        assert!(matches!(write(&mut socket, &body), Poll::Ready(Ok(n)) if n == body.len()));
+        assert_eq!(writes(&socket), vec![b"header".to_vec(), body]);
+    }
+
+    #[test]
+    fn a_full_batch_waits_for_the_socket() {
+        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: 10 });
+        let small = vec![1u8; 1024];
+        let mut taken = 0;
+        while let Poll::Ready(Ok(n)) = write(&mut socket, &small) {
+            taken += n;
+            assert!(taken <= BATCH_LEN, "the batch stays within its bound");
+        }
+        assert_eq!(taken, BATCH_LEN, "the batch fills, then the writer waits");
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(socket.poll_send(&mut cx).is_pending(), "the socket took only 10 bytes");
+        assert_eq!(writes(&socket).concat().len(), 10);
+    }
+
+    #[test]
+    fn a_failed_send_fails_the_next_flush() {
+        struct Broken;
+        impl AsyncRead for Broken {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+                _buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Poll::Pending
+            }
+        }
+        impl AsyncWrite for Broken {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+                _buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut socket = Batched::new(Broken);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(Pin::new(&mut socket).poll_write(&mut cx, b"frame").is_ready());
+        let sent = socket.poll_send(&mut cx);
+        assert!(matches!(sent, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe));
+        let flushed = Pin::new(&mut socket).poll_flush(&mut cx);
+        assert!(matches!(flushed, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe));
+    }
+}
