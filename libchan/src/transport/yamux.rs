@@ -157,8 +157,15 @@ impl Mux for YamuxMux {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             let gone = || io::Error::new(io::ErrorKind::NotConnected, "session closed");
-            open_tx.send(tx).await.map_err(|_| gone())?;
-            let stream = rx.await.map_err(|_| gone())??;
+            // Bounded: an open must not wait forever on a driver that does not answer.
+            let asked = async {
+                open_tx.send(tx).await.map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())?
+            };
+            let stream = tokio::time::timeout(OPEN_WAIT, asked).await.map_err(|_| {
+                let waited = OPEN_WAIT.as_secs();
+                io::Error::new(io::ErrorKind::TimedOut, format!("no stream within {waited} s"))
+            })??;
             Ok(split(stream))
         })
     }
@@ -466,6 +473,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 /// How long a connection closed from this side keeps reading until the peer closes its side
 /// too, so that the peer reads everything sent before the close (see vendor/yamux/PATCHES.md).
 const LINGER: Duration = Duration::from_secs(2);
+
+/// How long an open waits for the driver to open its stream (yamux holds opens back while 256
+/// of this side's streams are not yet acknowledged by the peer).
+const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// Streams yamux admits beyond the session's own limit.
 const YAMUX_MARGIN: usize = 64;
