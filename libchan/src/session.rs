@@ -240,12 +240,17 @@ impl SessionInner {
     /// (at most [`REASON_WAIT`]) for that reason rather than report the transport's bare
     /// "session closed".
     async fn open_failed(&self, error: &std::io::Error) -> String {
-        let mut closed = self.closed.subscribe();
-        let reason = tokio::time::timeout(REASON_WAIT, closed.wait_for(Option::is_some)).await;
-        match reason {
-            Ok(Ok(reason)) => reason.clone().unwrap_or_default(),
-            _ => format!("opening a stream failed: {error}"),
+        match self.reason_within(REASON_WAIT).await {
+            Some(reason) => reason,
+            None => format!("opening a stream failed: {error}"),
         }
+    }
+
+    /// Why the session ended, waiting at most `wait` for it to end.
+    async fn reason_within(&self, wait: Duration) -> Option<String> {
+        let mut closed = self.closed.subscribe();
+        let ended = async move { closed.wait_for(Option::is_some).await.ok()?.clone() };
+        tokio::time::timeout(wait, ended).await.ok().flatten()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -795,8 +800,7 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
             // On yamux a lost connection resets every stream: the driver's own reason, which
             // follows at once, says more than the reset does.
             Ok(Err(ReadError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                let mut closed = inner.closed.subscribe();
-                let _ = tokio::time::timeout(LOSS_GRACE, closed.wait_for(Option::is_some)).await;
+                let _ = inner.reason_within(LOSS_GRACE).await;
                 format!("control stream reset: {e}")
             }
             Ok(Err(e)) => {

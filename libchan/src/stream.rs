@@ -2,13 +2,12 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use ciborium::tag::Required;
 use futures::future::BoxFuture;
-use futures::FutureExt as _;
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -166,11 +165,6 @@ impl NetBytes {
         Self { state, in_flight }
     }
 
-    /// This side's writing direction has failed: a clean close need not wait.
-    fn written(&mut self) {
-        self.in_flight = None;
-    }
-
     /// Keeps a clean close waiting until `delivered`: the peer holds what was written.
     fn until(&self, delivered: BoxFuture<'static, ()>, in_flight: InFlight) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -210,14 +204,12 @@ impl NetBytes {
             NetState::Waiting(..) => unreachable!("byte stream still waiting after resolving"),
         }
     }
-}
 
-impl NetBytes {
-    /// Resets the network stream instead of closing it (see [`ByteStream::reset`]).
+    /// Resets the network stream instead of closing it (see [`ByteStream::reset`]); one that
+    /// has not arrived yet is reset when it does (or when the session gives up on it).
     fn reset(mut self) {
-        match std::mem::replace(&mut self.state, NetState::Failed(String::new())) {
+        match self.take_state() {
             NetState::Ready(stream) => reset_raw(stream),
-            // Not arrived yet: reset it when it does (or when the session gives up on it).
             NetState::Waiting(rx, _) => {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
@@ -228,6 +220,19 @@ impl NetBytes {
                 }
             }
             NetState::Failed(_) => {}
+        }
+    }
+
+    fn take_state(&mut self) -> NetState {
+        std::mem::replace(&mut self.state, NetState::Failed(String::new()))
+    }
+
+    /// The stream, now or once it arrives; `None` if it failed. Takes it out of `self`.
+    fn arrival(&mut self) -> Option<BoxFuture<'static, Option<RawStream>>> {
+        match self.take_state() {
+            NetState::Ready(stream) => Some(Box::pin(std::future::ready(Some(stream)))),
+            NetState::Waiting(rx, _) => Some(Box::pin(async move { rx.await.ok()?.ok() })),
+            NetState::Failed(_) => None,
         }
     }
 }
@@ -251,23 +256,13 @@ impl Drop for NetBytes {
         // stream that has not arrived yet is closed when it does.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let in_flight = self.in_flight.take();
-        match std::mem::replace(&mut self.state, NetState::Failed(String::new())) {
-            NetState::Ready(stream) => {
-                runtime.spawn(async move {
-                    finish(stream).await;
-                    drop(in_flight);
-                });
+        let Some(arrival) = self.arrival() else { return };
+        runtime.spawn(async move {
+            if let Some(stream) = arrival.await {
+                finish(stream).await;
             }
-            NetState::Waiting(rx, _) => {
-                runtime.spawn(async move {
-                    if let Ok(Ok(stream)) = rx.await {
-                        finish(stream).await;
-                    }
-                    drop(in_flight);
-                });
-            }
-            NetState::Failed(_) => {}
-        }
+            drop(in_flight);
+        });
     }
 }
 
@@ -326,7 +321,8 @@ impl AsyncWrite for ByteStream {
                     Poll::Pending => return Poll::Pending,
                 };
                 if written.is_err() {
-                    n.written();
+                    // Nothing more will be written: a clean close need not wait.
+                    n.in_flight = None;
                 }
                 Poll::Ready(written)
             }
@@ -496,27 +492,9 @@ async fn hand_over(
 async fn relay(a: ByteStream, b: ByteStream) {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    let failed = {
-        let there = pin!(pump(&mut a_read, &mut b_write));
-        let back = pin!(pump(&mut b_read, &mut a_write));
-        let (mut there, mut back) = (there.fuse(), back.fuse());
-        let mut open = 2;
-        loop {
-            let done = tokio::select! {
-                done = &mut there => done,
-                done = &mut back => done,
-            };
-            match done {
-                Ok(()) if open == 2 => open = 1,
-                Ok(()) => break false,
-                Err(error) => {
-                    tracing::debug!(%error, "byte stream relay failed: resetting both sides");
-                    break true;
-                }
-            }
-        }
-    };
-    if failed {
+    let copied = tokio::try_join!(pump(&mut a_read, &mut b_write), pump(&mut b_read, &mut a_write));
+    if let Err(error) = copied {
+        tracing::debug!(%error, "byte stream relay failed: resetting both sides");
         a_read.unsplit(a_write).reset();
         b_read.unsplit(b_write).reset();
     }
