@@ -156,11 +156,10 @@ impl Mux for YamuxMux {
         let open_tx = self.open_tx.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            let gone = || io::Error::new(io::ErrorKind::NotConnected, "session closed");
             // Bounded: an open must not wait forever on a driver that does not answer.
             let asked = async {
-                open_tx.send(tx).await.map_err(|_| gone())?;
-                rx.await.map_err(|_| gone())?
+                open_tx.send(tx).await.map_err(|_| driver_gone())?;
+                answer(&open_tx, rx).await
             };
             let stream = tokio::time::timeout(OPEN_WAIT, asked).await.map_err(|_| {
                 let waited = OPEN_WAIT.as_secs();
@@ -187,6 +186,29 @@ impl Mux for YamuxMux {
     fn traffic(&self) -> Traffic {
         self.counters.traffic()
     }
+}
+
+/// Waits for the driver's answer to an open request, or for the driver to end.
+///
+/// The driver ending drops its receiver, and with it every request still queued, but not a
+/// request sent with a permit taken just before: tokio keeps such a value in the closed
+/// channel until every sender is gone (tokio issue #7714), and the session's sender lives as
+/// long as the session. So the request's reply channel is not enough to learn that the
+/// driver ended.
+async fn answer(
+    open_tx: &mpsc::Sender<OpenReply>,
+    rx: oneshot::Receiver<io::Result<yamux::Stream>>,
+) -> io::Result<yamux::Stream> {
+    tokio::select! {
+        // An answer the driver gave before it ended is the answer.
+        biased;
+        answered = rx => answered.map_err(|_| driver_gone())?,
+        () = open_tx.closed() => Err(driver_gone()),
+    }
+}
+
+fn driver_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection has ended")
 }
 
 fn split(stream: yamux::Stream) -> RawStream {
@@ -524,6 +546,21 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A request sent with a permit taken before the driver ended stays in the closed
+    /// channel, reply sender and all: the open must still end as soon as the driver did.
+    #[tokio::test]
+    async fn an_open_queued_as_the_driver_ends_fails_at_once() {
+        let (open_tx, open_rx) = mpsc::channel(1);
+        let permit = open_tx.try_reserve().expect("the channel has room");
+        drop(open_rx);
+        let (tx, rx) = oneshot::channel();
+        permit.send(tx);
+        let answered = tokio::time::timeout(Duration::from_secs(10), answer(&open_tx, rx))
+            .await
+            .expect("the open ends with the driver");
+        assert_eq!(answered.unwrap_err().kind(), io::ErrorKind::NotConnected);
     }
 
     #[derive(Default)]
