@@ -874,8 +874,14 @@ impl NetReceiver {
                             return Poll::Ready(Err(RecvError::Protocol(message)));
                         }
                         // A reset stream, or one cut by the loss of its connection (yamux
-                        // says which only through the session's reason, if it has one yet).
-                        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        // says which only through the session's reason, if it has one yet;
+                        // QUIC's own words for a local close are "closed locally").
+                        Err(ReadError::Io(e))
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+                            ) =>
+                        {
                             Err(RecvError::Connection(
                                 self.session.close_reason().unwrap_or_else(|| e.to_string()),
                             ))

@@ -300,9 +300,11 @@ impl SessionInner {
         }
     }
 
+    /// Marks the session closed and closes its connection, if it is still up; on QUIC the
+    /// peer then reads `reason` in the CONNECTION_CLOSE.
     fn mark_closed(&self, reason: String) {
-        self.set_closed(reason);
-        self.mux.close(Code::Ok, "session closed");
+        self.set_closed(reason.clone());
+        self.mux.close(Code::Ok, &reason);
     }
 
     /// Marks the session closed by the peer's CLOSE_ERR and leaves the connection to the peer
@@ -346,8 +348,10 @@ impl SessionInner {
             }
         });
         let _ = control.await;
+        // The reason first: streams the close cuts then fail with it, not with the
+        // transport's bare word for a local close.
+        self.set_closed(format!("closed locally with {code}: {reason}"));
         self.mux.close(code, reason);
-        self.mark_closed(format!("closed locally with {code}: {reason}"));
     }
 
     /// Opens streams for a message's exports. Takes every stream permit first, so on failure
@@ -581,7 +585,7 @@ impl Drop for InFlight {
 
 impl Drop for SessionInner {
     fn drop(&mut self) {
-        self.mux.close(Code::Ok, "session closed");
+        self.mux.close(Code::Ok, "session dropped");
     }
 }
 
@@ -797,11 +801,16 @@ async fn watch_control(inner: Arc<SessionInner>, stream: RawStream) {
             Ok(Ok(Some((ty, _)))) => format!("protocol violation: {ty:?} on the control stream"),
             // PROTOCOL.md §6.1: the control stream lives as long as the session.
             Ok(Ok(None)) => "peer ended its control stream without CLOSE_ERR".to_string(),
-            // On yamux a lost connection resets every stream: the driver's own reason, which
-            // follows at once, says more than the reset does.
-            Ok(Err(ReadError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            // A lost connection resets every stream on yamux and fails it on QUIC: the
+            // connection's own reason, which follows at once, says more.
+            Ok(Err(ReadError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::NotConnected
+                ) =>
+            {
                 let _ = inner.reason_within(LOSS_GRACE).await;
-                format!("control stream reset: {e}")
+                format!("control stream lost: {e}")
             }
             Ok(Err(e)) => {
                 let e = crate::RecvError::from(e);

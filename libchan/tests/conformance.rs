@@ -504,6 +504,48 @@ async fn byte_stream_cut_by_session_close(t: Transport) {
     read_until_error("the reader", &mut far).await;
 }
 
+/// A peer that dies without a word (its process gone) ends the channels it sent on with an
+/// error that says once that the connection was lost, and why: on QUIC quinn's own text is a
+/// bare "connection lost", which the channel's "connection lost: WHY" repeated.
+async fn killed_peer_ends_channels_naming_the_loss(t: Transport) {
+    let scheme = match t {
+        Transport::Tls => "tls",
+        Transport::Quic => "quic",
+        // The other transports are not dialed across runtimes here.
+        _ => return,
+    };
+    // QUIC notices a silent peer only when its idle timer fires.
+    let mut limits = Limits::default();
+    limits.idle_timeout = Duration::from_secs(1);
+    limits.heartbeat_interval = Duration::from_millis(250);
+    let (client_tls, server_tls) = swarm();
+    let url = format!("{scheme}://127.0.0.1:0");
+    let listener = libchan::listen_secure(&url, limits.clone(), server_tls).await.unwrap();
+    let url = listener.local_url().to_string();
+    // The peer runs on a runtime of its own, so that it can die all at once.
+    let peer =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    peer.spawn(async move {
+        let session = libchan::connect_secure(&url, limits, client_tls).await.unwrap();
+        let tx = session.open::<u32>().await.unwrap();
+        tx.send(1).await.unwrap();
+        let _alive = (session, tx);
+        std::future::pending::<()>().await;
+    });
+    let server = within("the session", listener.accept()).await.unwrap();
+    let mut rx = within("the channel", server.accept::<u32>()).await.unwrap();
+    assert_eq!(within("the message", rx.recv()).await.unwrap(), Some(1));
+    peer.shutdown_background();
+    let error = within("the loss", rx.recv()).await.unwrap_err();
+    let text = error.to_string();
+    assert_eq!(text.matches("connection lost").count(), 1, "{text}");
+    if matches!(t, Transport::Quic) {
+        // The stream and the session see the same loss, in the same words.
+        let reason = within("the session's end", server.closed()).await;
+        assert_eq!(text, format!("connection lost: {reason}"));
+    }
+}
+
 /// A clean close waits for the byte streams this side is writing: bytes written and shut down
 /// while the close drains all arrive, then the end of stream. Both for the end kept by the
 /// side that sent the stream and for the end the peer received.
@@ -764,6 +806,8 @@ macro_rules! conformance {
             async fn relayed_byte_stream_reset() { super::relayed_byte_stream_reset(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_stream_cut_by_session_close() { super::byte_stream_cut_by_session_close(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn killed_peer_ends_channels_naming_the_loss() { super::killed_peer_ends_channels_naming_the_loss(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_stream_finishes_before_a_clean_close() { super::byte_stream_finishes_before_a_clean_close(T).await }
             #[tokio::test]

@@ -40,22 +40,6 @@ pub trait StreamWrite: AsyncWrite + Send + Unpin {
 
 impl StreamWrite for tokio::io::Sink {}
 
-impl StreamWrite for quinn::SendStream {
-    fn reset(mut self: Box<Self>) {
-        // Already finished or reset: nothing left to abandon.
-        let _ = quinn::SendStream::reset(&mut self, quinn::VarInt::from_u32(0));
-    }
-
-    /// A closed QUIC connection drops data not yet acknowledged: wait for the peer's ACKs
-    /// (or its STOP_SENDING, or the end of the connection).
-    fn delivered(&self) -> BoxFuture<'static, ()> {
-        let stopped = self.stopped();
-        Box::pin(async move {
-            let _ = stopped.await;
-        })
-    }
-}
-
 /// One multiplexed stream, split into halves, with its share of the session's stream limit.
 pub(crate) struct RawStream {
     pub read: BoxRead,

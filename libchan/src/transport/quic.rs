@@ -8,16 +8,19 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, VarInt};
 use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tls::Tls;
-use super::{Mux, RawStream};
+use super::{Mux, RawStream, StreamWrite};
 use crate::proto::Code;
 use crate::session::PeerInfo;
 use crate::{ConnectError, Limits, Session};
@@ -66,7 +69,75 @@ impl Mux for QuicMux {
 
 impl RawStream {
     fn quic(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        Self { read: Box::new(recv), write: Box::new(send), permit: None }
+        Self { read: Box::new(QuicRead(recv)), write: Box::new(QuicWrite(send)), permit: None }
+    }
+}
+
+/// A QUIC stream's receiving half whose errors say why the connection was lost: quinn says
+/// only "connection lost" (the cause is the error's source), which a channel's "connection
+/// lost: WHY" then repeated.
+struct QuicRead(quinn::RecvStream);
+
+impl AsyncRead for QuicRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(named)
+    }
+}
+
+/// A QUIC stream's sending half, with errors named as [`QuicRead`]'s are.
+struct QuicWrite(quinn::SendStream);
+
+impl AsyncWrite for QuicWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf).map_err(named)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.0), cx).map_err(named)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.0), cx).map_err(named)
+    }
+}
+
+impl StreamWrite for QuicWrite {
+    fn reset(mut self: Box<Self>) {
+        // Already finished or reset: nothing left to abandon.
+        let _ = self.0.reset(VarInt::from_u32(0));
+    }
+
+    /// A closed QUIC connection drops data not yet acknowledged: wait for the peer's ACKs
+    /// (or its STOP_SENDING, or the end of the connection).
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        let stopped = self.0.stopped();
+        Box::pin(async move {
+            let _ = stopped.await;
+        })
+    }
+}
+
+/// `error` with quinn's bare "connection lost" replaced by why the connection was lost.
+fn named(error: io::Error) -> io::Error {
+    let lost = error.get_ref().and_then(|inner| {
+        match (inner.downcast_ref::<quinn::ReadError>(), inner.downcast_ref::<quinn::WriteError>())
+        {
+            (Some(quinn::ReadError::ConnectionLost(e)), _)
+            | (_, Some(quinn::WriteError::ConnectionLost(e))) => Some(describe(e)),
+            _ => None,
+        }
+    });
+    match lost {
+        Some(why) => io::Error::new(error.kind(), why),
+        None => error,
     }
 }
 

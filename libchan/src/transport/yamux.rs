@@ -468,7 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     let _ = this.inbound_tx.try_send(split(stream));
                     continue;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(describe(&e)),
                 Poll::Ready(None) => return Poll::Ready("connection closed by peer".into()),
                 Poll::Pending => {}
             }
@@ -489,6 +489,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// Why a connection failed, in words for its session's close reason: a failed socket is just
+/// the socket's error, which yamux words as "decode error: i/o error: ..." when it failed
+/// while reading.
+fn describe(error: &yamux::ConnectionError) -> String {
+    match error {
+        yamux::ConnectionError::Io(e)
+        | yamux::ConnectionError::Decode(yamux::FrameDecodeError::Io(e)) => e.to_string(),
+        other => other.to_string(),
     }
 }
 
