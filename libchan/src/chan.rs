@@ -760,6 +760,8 @@ enum NetState {
         write: BoxWrite,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
+    /// The stream was cut: waiting (briefly) for why (see [`SessionInner::loss_reason`]).
+    Lost(futures::future::BoxFuture<'static, String>),
     Done,
 }
 
@@ -815,7 +817,10 @@ impl NetReceiver {
                     }
                     Err(_) => {
                         self.state = NetState::Done;
-                        return Poll::Ready(Err(RecvError::Connection("session closed".into())));
+                        // The session ended before the stream arrived.
+                        let reason = self.session.close_reason();
+                        let reason = reason.unwrap_or_else(|| "session closed".into());
+                        return Poll::Ready(Err(RecvError::Connection(reason)));
                     }
                 },
                 NetState::Ready { reader, .. } => {
@@ -873,23 +878,35 @@ impl NetReceiver {
                             self.stop_with(Some(close));
                             return Poll::Ready(Err(RecvError::Protocol(message)));
                         }
-                        // A reset stream, or one cut by the loss of its connection (yamux
-                        // says which only through the session's reason, if it has one yet;
-                        // QUIC's own words for a local close are "closed locally").
+                        // A reset stream, or one cut by the loss of its connection: yamux
+                        // says which only through the session's reason, and QUIC's own words
+                        // for a local close are "closed locally". The streams fail a moment
+                        // before the session records why, so wait a little for that.
                         Err(ReadError::Io(e))
                             if matches!(
                                 e.kind(),
                                 io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
                             ) =>
                         {
-                            Err(RecvError::Connection(
-                                self.session.close_reason().unwrap_or_else(|| e.to_string()),
-                            ))
+                            match self.session.close_reason() {
+                                Some(reason) => Err(RecvError::Connection(reason)),
+                                None => {
+                                    self.stop(true);
+                                    self.state =
+                                        NetState::Lost(self.session.loss_reason(e.to_string()));
+                                    continue;
+                                }
+                            }
                         }
                         Err(e) => Err(e.into()),
                     };
                     self.stop(result.is_err());
                     return Poll::Ready(result);
+                }
+                NetState::Lost(reason) => {
+                    let reason = ready!(reason.as_mut().poll(cx));
+                    self.state = NetState::Done;
+                    return Poll::Ready(Err(RecvError::Connection(reason)));
                 }
                 NetState::Done => return Poll::Ready(Ok(None)),
             }

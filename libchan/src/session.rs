@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures::future::BoxFuture;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
@@ -41,7 +42,9 @@ impl PendingStream {
     pub(crate) async fn resolve(self) -> Result<RawStream, String> {
         match self {
             Self::Ready(stream) => Ok(stream),
-            Self::Waiting(rx) => rx.await.unwrap_or_else(|_| Err("session closed".into())),
+            Self::Waiting(rx) => {
+                rx.await.unwrap_or_else(|_| Err("session closed before the stream arrived".into()))
+            }
         }
     }
 }
@@ -98,6 +101,7 @@ impl Session {
             let reason = done.await.unwrap_or_else(|_| "connection driver stopped".into());
             if let Some(inner) = weak.upgrade() {
                 inner.mark_closed(reason);
+                inner.end_rendezvous();
             }
         });
         Self { inner, accept_rx: Arc::new(tokio::sync::Mutex::new(accept_rx)) }
@@ -244,6 +248,14 @@ impl SessionInner {
             Some(reason) => reason,
             None => format!("opening a stream failed: {error}"),
         }
+    }
+
+    /// Why a stream cut by the loss of its connection failed with `error`: the session's
+    /// reason, which follows the streams' failure by a moment, or `error` if none comes
+    /// within [`LOSS_GRACE`] (a stream reset on its own).
+    pub(crate) fn loss_reason(self: &Arc<Self>, error: String) -> BoxFuture<'static, String> {
+        let session = self.clone();
+        Box::pin(async move { session.reason_within(LOSS_GRACE).await.unwrap_or(error) })
     }
 
     /// Why the session ended, waiting at most `wait` for it to end.
@@ -448,6 +460,11 @@ impl SessionInner {
             return Err(format!("reference {ref_id} was already used"));
         }
         let mut table = lock(&self.rendezvous);
+        if table.ended {
+            // Its stream cannot come: the handle fails when used, as one waiting would have.
+            let (_, rx) = oneshot::channel();
+            return Ok(PendingStream::Waiting(rx));
+        }
         let expect = Expect { parent, kind, direction };
         match table.entries.remove(&ref_id) {
             Some(Entry::Arrived { open, stream, .. }) => {
@@ -528,6 +545,18 @@ impl SessionInner {
                 Ok(())
             }
         }
+    }
+
+    /// The connection is gone, so no referenced stream arrives any more (and the TTL sweep
+    /// has stopped with the session): handles waiting for theirs fail now, with the
+    /// session's reason, parked streams are dropped, and handles named later fail at once.
+    fn end_rendezvous(&self) {
+        let entries = {
+            let mut table = lock(&self.rendezvous);
+            table.ended = true;
+            std::mem::take(&mut table.entries)
+        };
+        drop(entries);
     }
 
     fn would_park(&self, ref_id: u64) -> bool {
@@ -618,6 +647,8 @@ impl Retired {
 #[derive(Default)]
 struct Rendezvous {
     entries: HashMap<u64, Entry>,
+    /// Set once the connection is gone (see [`SessionInner::end_rendezvous`]).
+    ended: bool,
 }
 
 enum Entry {

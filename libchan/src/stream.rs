@@ -192,7 +192,7 @@ impl NetBytes {
             self.state = match resolved {
                 Ok(Ok(stream)) => NetState::Ready(stream),
                 Ok(Err(reason)) => NetState::Failed(reason),
-                Err(_) => NetState::Failed("session closed".into()),
+                Err(_) => NetState::Failed("session closed before the byte stream arrived".into()),
             };
         }
         match &mut self.state {

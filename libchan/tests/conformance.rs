@@ -539,11 +539,9 @@ async fn killed_peer_ends_channels_naming_the_loss(t: Transport) {
     let error = within("the loss", rx.recv()).await.unwrap_err();
     let text = error.to_string();
     assert_eq!(text.matches("connection lost").count(), 1, "{text}");
-    if matches!(t, Transport::Quic) {
-        // The stream and the session see the same loss, in the same words.
-        let reason = within("the session's end", server.closed()).await;
-        assert_eq!(text, format!("connection lost: {reason}"));
-    }
+    // The channel and the session report the same loss in the same words.
+    let reason = within("the session's end", server.closed()).await;
+    assert_eq!(text, format!("connection lost: {reason}"));
 }
 
 /// A clean close waits for the byte streams this side is writing: bytes written and shut down

@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use libchan::proto::{frame, Accept, CloseErr, Code, Direction, FrameType, Kind, Open};
 use libchan::raw::{BoxRead, BoxWrite, RawYamux};
-use libchan::{Limits, RecvError, SendFailure, Sender, Session, Value, PREAMBLE};
+use libchan::{
+    ByteStream, Limits, Receiver, RecvError, SendFailure, Sender, Session, Value, PREAMBLE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -403,6 +405,46 @@ async fn reuse_of_a_claimed_reference_is_refused_at_once() {
     assert!(matches!(err, RecvError::Protocol(ref m) if m.contains("already used")), "{err}");
     still_serving(&session, &peer, 5).await;
     finish(bystander).await;
+}
+
+/// Handles whose streams had not arrived when their session ended fail with the session's
+/// reason, rather than wait for streams that can no longer come (the pending table's TTL
+/// stops with the session).
+#[tokio::test]
+async fn handles_waiting_for_their_streams_fail_when_the_session_ends() {
+    let mut limits = Limits::default();
+    limits.pending_ref_ttl = Duration::from_secs(120);
+    // A byte stream still to arrive holds a clean close back until this runs out.
+    limits.drain_timeout = Duration::from_millis(200);
+    let (session, peer) = hostile_pair(limits).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let tag = |tag: u64, id: u64| ciborium::Value::Tag(tag, Box::new(id.into()));
+    let named = ciborium::Value::Array(vec![
+        tag(libchan::TAG_RECEIVER, 3),
+        tag(libchan::TAG_SENDER, 5),
+        tag(libchan::TAG_BYTE_STREAM, 7),
+    ]);
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&named))).await.unwrap();
+    let mut rx =
+        within(session.accept::<(Receiver<u32>, Sender<u32>, ByteStream)>()).await.unwrap();
+    let (mut receiver, sender, mut bytes) = within(rx.recv()).await.unwrap().unwrap();
+    within(session.close(Code::Ok, "done")).await;
+    let reason = "closed locally with ok (0): done";
+    let bound = Duration::from_secs(10);
+    let error = tokio::time::timeout(bound, receiver.recv())
+        .await
+        .expect("the receiver fails with its session, not after the TTL")
+        .unwrap_err();
+    assert_eq!(error.to_string(), format!("connection lost: {reason}"));
+    tokio::time::timeout(bound, sender.closed())
+        .await
+        .expect("the sender is closed with its session, not after the TTL");
+    let mut buf = [0u8; 1];
+    let error = tokio::time::timeout(bound, bytes.read(&mut buf))
+        .await
+        .expect("the byte stream fails with its session, not after the TTL")
+        .unwrap_err();
+    assert!(error.to_string().contains("session closed before"), "{error}");
 }
 
 #[tokio::test]
