@@ -982,8 +982,15 @@ pub(crate) fn decode<T: Message>(
     parent: u64,
     payload: &[u8],
 ) -> Result<T, RecvError> {
-    crate::value::check_items::<T>(payload, &session.limits).map_err(RecvError::Protocol)?;
-    let state = DecodeState { session: session.clone(), parent, claimed: Vec::new(), error: None };
+    let untyped_left =
+        crate::value::check_items::<T>(payload, &session.limits).map_err(RecvError::Protocol)?;
+    let state = DecodeState {
+        session: session.clone(),
+        parent,
+        claimed: Vec::new(),
+        error: None,
+        untyped_left,
+    };
     let mut rest = payload;
     let depth = session.limits.max_depth;
     let (result, state) = context::decoding(state, || {

@@ -16,16 +16,17 @@ pub struct Limits {
     pub max_depth: usize,
     /// Channels and byte streams one message may carry. Default: 128.
     pub max_refs_per_message: usize,
-    /// CBOR data items a message received as an untyped [`Value`](crate::Value) (on a
-    /// `Receiver<Value>`; a `Value` field inside a typed message is not counted) may hold
-    /// (every array, map, tag, string, number and simple value counts one). Default: 256 Ki
-    /// (262 144). The receiver counts them before decoding and refuses a message with more
-    /// (CLOSE_ERR TOO_LARGE, PROTOCOL.md §9). Each decoded item is a 32-byte
+    /// CBOR data items the untyped [`Value`](crate::Value)s of one received message may hold
+    /// together (every array, map, tag, string, number and simple value counts one): a
+    /// message received as a `Value`, or the `Value` fields of a typed message. Default: 256
+    /// Ki (262 144). The receiver counts them before decoding a `Value` message, and as it
+    /// decodes the `Value`s of a typed one, and refuses a message with more (CLOSE_ERR
+    /// TOO_LARGE, PROTOCOL.md §9). Each decoded item is a 32-byte
     /// `ciborium::Value` and arrays grow by doubling, so decoding holds at most about
     /// `3 × 32 × max_untyped_items` bytes (24 MiB by default) besides the message itself;
     /// without this limit a message of one-byte items holds 32 bytes or more per message byte
-    /// (measured: 555 MB for one 16 MiB message of nulls). Typed receivers are not limited
-    /// by it: they hold what their type holds.
+    /// (measured: 555 MB for one 16 MiB message of nulls). The typed parts of a message are
+    /// not limited by it: they hold what their type holds.
     pub max_untyped_items: usize,
     /// Streams open at once on a session, both sides together; each side may open half.
     /// Default: 1024. Worst-case receive buffering is one multiplexer window per stream.

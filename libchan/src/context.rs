@@ -37,6 +37,10 @@ pub(crate) struct DecodeState {
     pub claimed: Vec<u64>,
     /// The first reference error, reported as a protocol violation rather than a type error.
     pub error: Option<String>,
+    /// CBOR items the [`crate::Value`]s inside a typed message may still decode into
+    /// (`max_untyped_items` for the whole message); `None` when the message was counted
+    /// before decoding (received as a `Value`), or nothing bounds it.
+    pub untyped_left: Option<usize>,
 }
 
 enum Context {
@@ -124,6 +128,30 @@ pub(crate) fn import(
         }
         _ => Err("libchan handles can only be deserialized by a libchan receive".into()),
     })
+}
+
+/// How many CBOR items a [`crate::Value`] being decoded may still hold, if anything bounds
+/// it (see [`DecodeState::untyped_left`]), and the limit for the message.
+pub(crate) fn untyped_left() -> Option<(usize, usize)> {
+    STACK.with(|stack| match stack.borrow().last() {
+        Some(Context::Decode(state)) => {
+            state.untyped_left.map(|left| (left, state.session.limits.max_untyped_items))
+        }
+        _ => None,
+    })
+}
+
+/// Records what a [`crate::Value`] left of the message's item budget, and the error if it
+/// went over: the message is then refused as a protocol violation, not a type error.
+pub(crate) fn spent_untyped(left: usize, error: Option<String>) {
+    STACK.with(|stack| {
+        if let Some(Context::Decode(state)) = stack.borrow_mut().last_mut() {
+            state.untyped_left = Some(left);
+            if let Some(error) = error {
+                state.error.get_or_insert(error);
+            }
+        }
+    });
 }
 
 fn claim(

@@ -2,10 +2,13 @@
 //! messages whose type they do not know.
 
 use std::any::TypeId;
+use std::cell::Cell;
 
 use ciborium::tag::Captured;
 use ciborium::value::Integer;
-use serde::de::Error as _;
+use serde::de::{
+    DeserializeSeed, EnumAccess, Error as _, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -102,7 +105,19 @@ impl Serialize for Walk<'_> {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut data = ciborium::Value::deserialize(deserializer)?;
+        let mut data = match context::untyped_left() {
+            None => ciborium::Value::deserialize(deserializer)?,
+            // Inside a typed message, which nothing counted before decoding: count as it
+            // decodes, and stop at the limit.
+            Some((left, limit)) => {
+                let budget = Budget { left: Cell::new(left), over: Cell::new(false) };
+                let data = Counted(&budget).deserialize(deserializer);
+                let over =
+                    budget.over.get().then(|| format!("{TOO_MANY_ITEMS} {limit} CBOR items"));
+                context::spent_untyped(budget.left.get(), over);
+                data?
+            }
+        };
         let mut handles = Vec::new();
         claim_all(&mut data, &mut handles).map_err(D::Error::custom)?;
         Ok(Self { data, handles })
@@ -146,27 +161,160 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
     }
 }
 
-/// PROTOCOL.md §9: a message received as a [`Value`] holds at most `max_untyped_items` CBOR
-/// items, counted before anything is decoded, since each decoded item costs 32 bytes or more
-/// however few bytes it took on the wire. Other messages pass unchecked.
+/// PROTOCOL.md §9: the [`Value`]s of a message hold at most `max_untyped_items` CBOR items
+/// together, since each decoded item costs 32 bytes or more however few bytes it took on the
+/// wire. A message received as a `Value` is counted before anything is decoded; the `Value`s
+/// inside a typed message are counted as they decode. Returns the budget the decode counts
+/// against: `None` when this check counted the whole message.
 ///
 /// # Errors
 /// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE; it starts with
 /// [`TOO_MANY_ITEMS`].
-pub(crate) fn check_items<T: 'static>(payload: &[u8], limits: &Limits) -> Result<(), String> {
-    if TypeId::of::<T>() != TypeId::of::<Value>() {
-        return Ok(());
-    }
+pub(crate) fn check_items<T: 'static>(
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<Option<usize>, String> {
     let limit = limits.max_untyped_items;
+    if TypeId::of::<T>() != TypeId::of::<Value>() {
+        return Ok(Some(limit));
+    }
     match cbor_scan(payload, limits.max_depth, limit) {
         Err(ScanError::TooManyItems) => Err(format!("{TOO_MANY_ITEMS} {limit} CBOR items")),
         // Too deep or broken: the decoder reports it, as for any message.
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
-/// How an untyped message over `max_untyped_items` is reported.
-pub(crate) const TOO_MANY_ITEMS: &str = "untyped message holds more than the limit of";
+/// How untyped data over `max_untyped_items` is reported.
+pub(crate) const TOO_MANY_ITEMS: &str = "untyped data holds more than the limit of";
+
+/// What the `Value`s of a typed message may still decode: items left, and whether one went
+/// over.
+struct Budget {
+    left: Cell<usize>,
+    over: Cell<bool>,
+}
+
+impl Budget {
+    fn spend<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => {
+                self.over.set(true);
+                Err(E::custom(TOO_MANY_ITEMS))
+            }
+        }
+    }
+}
+
+/// Decodes a `ciborium::Value` as ciborium does, spending one item of the budget on every
+/// data item before it is built (its strings are built whole, as ciborium builds them).
+#[derive(Clone, Copy)]
+struct Counted<'a>(&'a Budget);
+
+impl<'de> DeserializeSeed<'de> for Counted<'_> {
+    type Value = ciborium::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+macro_rules! counted_scalars {
+    ($($visit:ident($ty:ty)),+ $(,)?) => {$(
+        fn $visit<E: serde::de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+            self.0.spend()?;
+            Ok(v.into())
+        }
+    )+};
+}
+
+impl<'de> Visitor<'de> for Counted<'_> {
+    type Value = ciborium::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a CBOR item")
+    }
+
+    counted_scalars! {
+        visit_bool(bool), visit_f32(f32), visit_f64(f64),
+        visit_i8(i8), visit_i16(i16), visit_i32(i32), visit_i64(i64), visit_i128(i128),
+        visit_u8(u8), visit_u16(u16), visit_u32(u32), visit_u64(u64), visit_u128(u128),
+        visit_char(char), visit_str(&str), visit_borrowed_str(&'de str), visit_string(String),
+        visit_bytes(&[u8]), visit_borrowed_bytes(&'de [u8]), visit_byte_buf(Vec<u8>),
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.0.spend()?;
+        Ok(ciborium::Value::Null)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.0.spend()?;
+        Ok(ciborium::Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        self.0.spend()?;
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(ciborium::Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        self.0.spend()?;
+        let mut entries = Vec::new();
+        while let Some(entry) = access.next_entry_seed(self, self)? {
+            entries.push(entry);
+        }
+        Ok(ciborium::Value::Map(entries))
+    }
+
+    /// ciborium hands a tag over as this enum variant: the tag number, then the tagged item.
+    fn visit_enum<A: EnumAccess<'de>>(self, access: A) -> Result<Self::Value, A::Error> {
+        self.0.spend()?;
+        let (name, tagged): (String, _) = access.variant()?;
+        if name != "@@TAGGED@@" {
+            return Err(A::Error::custom(format!("unexpected enum {name} in a CBOR item")));
+        }
+        tagged.tuple_variant(2, Tagged(self.0))
+    }
+}
+
+/// The tag number and the tagged item of a tag (see [`Counted::visit_enum`]).
+struct Tagged<'a>(&'a Budget);
+
+impl<'de> Visitor<'de> for Tagged<'_> {
+    type Value = ciborium::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a CBOR tag")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let tag: u64 = access.next_element()?.ok_or_else(|| A::Error::custom("expected tag"))?;
+        let item = access
+            .next_element_seed(Counted(self.0))?
+            .ok_or_else(|| A::Error::custom("expected tagged item"))?;
+        Ok(ciborium::Value::Tag(tag, Box::new(item)))
+    }
+}
 
 fn is_handle_tag(tag: u64) -> bool {
     matches!(

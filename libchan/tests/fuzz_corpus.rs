@@ -5,7 +5,7 @@
 
 use libchan::fuzz_support::{self, corpus, MessageCase};
 use libchan::proto::{Code, Direction, FrameError, FrameType, Kind, Open};
-use libchan::{Limits, Value};
+use libchan::{Limits, RecvError, Value};
 
 #[test]
 fn frame_corpus_replays() {
@@ -185,6 +185,39 @@ fn untyped_item_limit_holds_at_the_boundary() {
     // A typed receiver is held by its type, not by this limit.
     let typed = fuzz_support::message::<Vec<Option<u8>>>(&listener_case(&nulls(limit + 1)));
     assert_eq!(typed.unwrap().unwrap().len(), limit + 1);
+}
+
+/// The `Value`s inside a typed message are held by the same limit, all of them together: they
+/// cost what a message received as a `Value` costs. The typed parts are not counted.
+#[test]
+fn untyped_item_limit_holds_for_values_inside_typed_messages() {
+    let limit = Limits::default().max_untyped_items;
+    let over = format!("more than the limit of {limit} CBOR items");
+    for items in [limit - 1, limit, limit + 1] {
+        // ("name", [null; items - 1]): the Value holds `items` data items.
+        let mut payload = vec![0x82, 0x64];
+        payload.extend_from_slice(b"name");
+        payload.extend_from_slice(&nulls(items - 1));
+        let result = fuzz_support::message::<(String, Value)>(&listener_case(&payload)).unwrap();
+        if items <= limit {
+            let (name, value) = result.unwrap_or_else(|e| panic!("{items} items: {e}"));
+            assert_eq!(name, "name");
+            assert!(matches!(value.data, ciborium::Value::Array(ref a) if a.len() == items - 1));
+        } else {
+            let Err(error) = result else { panic!("{items} items decoded past the limit") };
+            // A protocol violation (the channel ends, the sender gets TOO_LARGE), not a type
+            // mismatch the channel would go on after.
+            assert!(matches!(error, RecvError::Protocol(ref m) if m.contains(&over)), "{error}");
+        }
+    }
+    // Two values share the limit: half of it each, and one item more.
+    let half = limit / 2;
+    let mut payload = vec![0x82];
+    payload.extend_from_slice(&nulls(half - 1));
+    payload.extend_from_slice(&nulls(limit - half));
+    let result = fuzz_support::message::<Vec<Value>>(&listener_case(&payload)).unwrap();
+    let Err(error) = result else { panic!("two values decoded past their shared limit") };
+    assert!(error.to_string().contains(&over), "{error}");
 }
 
 /// A CBOR array of `n` nulls.
