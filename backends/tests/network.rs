@@ -282,3 +282,51 @@ async fn shutdown_waits_for_the_first_answer_of_a_request_in_flight() {
         assert!(b_tasks.shutdown(LIMIT).await);
     }
 }
+
+/// A request with more than `MAX_ARGS` arguments ends its channel with CLOSE_ERR TOO_LARGE:
+/// the sender learns why at its next send, instead of the request being dropped while the
+/// sender waits for an answer. One at the bound is served, and the session goes on.
+#[tokio::test]
+async fn a_request_over_the_argument_bound_ends_its_channel_with_a_code() {
+    use backends::service::MAX_ARGS;
+    use libchan::proto::Code;
+    use libchan::SendFailure;
+
+    let tasks = Tasks::new();
+    let (_, urls) =
+        run(&Node::default(), &["listen tcp://127.0.0.1:0", "simulator web"], &tasks).await;
+    let session = libchan::connect(&urls[0]).await.unwrap();
+    let ls = |count: usize| {
+        let (ret, answers) = libchan::pipe();
+        (Message::new(Verb::Ls).with_args(vec![String::new(); count]).with_ret(ret), answers)
+    };
+
+    let channel = session.open::<Message>().await.unwrap();
+    let (request, mut answers) = ls(MAX_ARGS);
+    channel.send(request).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap();
+    assert_eq!(answer.expect("an answer at the bound").args, ["web"]);
+
+    let (request, answers) = ls(MAX_ARGS + 1);
+    channel.send(request).await.unwrap();
+    tokio::time::timeout(LIMIT, channel.closed()).await.expect("the channel ends");
+    let error = channel.send(Message::new(Verb::Ls)).await.unwrap_err();
+    let expected = format!("message carries more than {MAX_ARGS} arguments");
+    assert_eq!(
+        *error.reason(),
+        SendFailure::Refused { code: Code::TooLarge, message: expected },
+        "{error}"
+    );
+    // Its answer channel ends only when the node drops the stream the refused request named
+    // (after the pending-reference TTL): the sender has its answer from the send above.
+    drop(answers);
+
+    let channel = session.open::<Message>().await.unwrap();
+    let (request, mut answers) = ls(0);
+    channel.send(request).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap();
+    assert_eq!(answer.expect("the session goes on").args, ["web"]);
+    drop(channel);
+    session.close(Code::Ok, "done").await;
+    assert!(tasks.shutdown(LIMIT).await);
+}

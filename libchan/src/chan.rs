@@ -790,17 +790,18 @@ impl NetReceiver {
         let Some(payload) = ready!(self.poll_msg(cx))? else {
             return Poll::Ready(Ok(None));
         };
-        let decoded = decode::<T>(&self.session, self.ref_id, &payload);
-        match &decoded {
+        let (decoded, close) = decode_closing::<T>(&self.session, self.ref_id, &payload);
+        match (&decoded, close) {
+            // The message broke the item limit (PROTOCOL.md §9), or its type refused it
+            // (`libchan::refuse`): the sender learns why.
+            (Err(RecvError::Protocol(why)), Some(code)) => {
+                self.stop_with(Some(CloseErr { code, message: why.clone() }));
+            }
             // PROTOCOL.md §7.1: the sender learns that its encoder is broken.
-            Err(RecvError::Protocol(why)) if why.starts_with(MALFORMED) => {
+            (Err(RecvError::Protocol(why)), None) if why.starts_with(MALFORMED) => {
                 self.stop_with(Some(CloseErr { code: Code::Decode, message: why.clone() }));
             }
-            // PROTOCOL.md §9: the sender learns the limit its message broke.
-            Err(RecvError::Protocol(why)) if why.starts_with(crate::value::TOO_MANY_ITEMS) => {
-                self.stop_with(Some(CloseErr { code: Code::TooLarge, message: why.clone() }));
-            }
-            Err(RecvError::Protocol(_)) => self.stop(true),
+            (Err(RecvError::Protocol(_)), None) => self.stop(true),
             _ => {}
         }
         Poll::Ready(decoded.map(Some))
@@ -982,13 +983,26 @@ pub(crate) fn decode<T: Message>(
     parent: u64,
     payload: &[u8],
 ) -> Result<T, RecvError> {
-    let untyped_left =
-        crate::value::check_items::<T>(payload, &session.limits).map_err(RecvError::Protocol)?;
+    decode_closing(session, parent, payload).0
+}
+
+/// [`decode`], and the code a failed message ends its channel with when the decode chose
+/// one (see [`context::refuse`]).
+fn decode_closing<T: Message>(
+    session: &Arc<SessionInner>,
+    parent: u64,
+    payload: &[u8],
+) -> (Result<T, RecvError>, Option<Code>) {
+    let untyped_left = match crate::value::check_items::<T>(payload, &session.limits) {
+        Ok(left) => left,
+        Err(error) => return (Err(RecvError::Protocol(error)), Some(Code::TooLarge)),
+    };
     let state = DecodeState {
         session: session.clone(),
         parent,
         claimed: Vec::new(),
         error: None,
+        close: None,
         untyped_left,
     };
     let mut rest = payload;
@@ -997,8 +1011,17 @@ pub(crate) fn decode<T: Message>(
         ciborium::de::from_reader_with_recursion_limit::<T, _>(&mut rest, depth)
     });
     if let Some(error) = state.error {
-        return Err(RecvError::Protocol(error));
+        return (Err(RecvError::Protocol(error)), state.close);
     }
+    (finish_decode(result, rest, depth), None)
+}
+
+/// What ciborium made of a message, as the receiver reports it.
+fn finish_decode<T>(
+    result: Result<T, ciborium::de::Error<std::io::Error>>,
+    rest: &[u8],
+    depth: usize,
+) -> Result<T, RecvError> {
     let value = result.map_err(|e| match e {
         ciborium::de::Error::RecursionLimitExceeded => {
             RecvError::Protocol(format!("message nested deeper than the limit of {depth}"))

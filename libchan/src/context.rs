@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::proto::{Direction, Kind, Open};
+use crate::proto::{Code, Direction, Kind, Open};
 use crate::session::{PendingStream, SessionInner};
 use crate::transport::RawStream;
 
@@ -37,6 +37,9 @@ pub(crate) struct DecodeState {
     pub claimed: Vec<u64>,
     /// The first reference error, reported as a protocol violation rather than a type error.
     pub error: Option<String>,
+    /// The code the receiver ends the channel with for `error`, telling the sender why
+    /// (CLOSE_ERR); `None` ends it with RECV_CLOSED.
+    pub close: Option<Code>,
     /// CBOR items the [`crate::Value`]s inside a typed message may still decode into
     /// (`max_untyped_items` for the whole message); `None` when the message was counted
     /// before decoding (received as a `Value`), or nothing bounds it.
@@ -122,7 +125,7 @@ pub(crate) fn import(
         Some(Context::Decode(state)) => {
             let result = claim(state, ref_id, kind, direction);
             if let Err(e) = &result {
-                state.error.get_or_insert_with(|| e.clone());
+                fail(state, e.clone(), None);
             }
             result.map(|pending| (state.session.clone(), pending))
         }
@@ -148,10 +151,47 @@ pub(crate) fn spent_untyped(left: usize, error: Option<String>) {
         if let Some(Context::Decode(state)) = stack.borrow_mut().last_mut() {
             state.untyped_left = Some(left);
             if let Some(error) = error {
-                state.error.get_or_insert(error);
+                fail(state, error, Some(Code::TooLarge));
             }
         }
     });
+}
+
+/// Refuses the message being received, for a `Deserialize` impl of a message type that finds
+/// it over a bound of its own (or otherwise unacceptable): the receiver's `recv` fails with
+/// [`RecvError::Protocol`](crate::RecvError::Protocol) carrying `message`, the channel ends
+/// with CLOSE_ERR (`code`, `message`), and the sender's next send fails with
+/// [`SendFailure::Refused`](crate::SendFailure::Refused) naming them (PROTOCOL.md §5.5). The
+/// refusal stands even if the deserializer recovers from the error returned here. Outside a
+/// libchan receive (an in-memory pipe does not decode) it only makes the error.
+///
+/// ```
+/// use libchan::proto::Code;
+///
+/// fn bounded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+///     let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
+///     if bytes.len() > 16 {
+///         return Err(libchan::refuse(Code::TooLarge, "more than 16 bytes"));
+///     }
+///     Ok(bytes)
+/// }
+/// ```
+pub fn refuse<E: serde::de::Error>(code: Code, message: impl Into<String>) -> E {
+    let message = message.into();
+    STACK.with(|stack| {
+        if let Some(Context::Decode(state)) = stack.borrow_mut().last_mut() {
+            fail(state, message.clone(), Some(code));
+        }
+    });
+    E::custom(message)
+}
+
+/// Keeps the first error of a message (the one its receiver reports), with its code.
+fn fail(state: &mut DecodeState, error: String, close: Option<Code>) {
+    if state.error.is_none() {
+        state.error = Some(error);
+        state.close = close;
+    }
 }
 
 fn claim(

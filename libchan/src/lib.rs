@@ -50,6 +50,7 @@ mod value;
 
 pub use chan::{copy, pipe, pipe_with_capacity, Message, Receiver, Sender};
 pub use config::{ConfigError, Limits};
+pub use context::refuse;
 pub use error::{ConnectError, OpenError, RecvError, SendError, SendFailure};
 pub use session::Session;
 pub use stream::{byte_pipe, ByteStream};

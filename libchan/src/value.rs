@@ -169,7 +169,7 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
 ///
 /// # Errors
 /// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE; it starts with
-/// [`TOO_MANY_ITEMS`].
+/// `TOO_MANY_ITEMS`.
 pub(crate) fn check_items<T: 'static>(
     payload: &[u8],
     limits: &Limits,
@@ -186,7 +186,7 @@ pub(crate) fn check_items<T: 'static>(
 }
 
 /// How untyped data over `max_untyped_items` is reported.
-pub(crate) const TOO_MANY_ITEMS: &str = "untyped data holds more than the limit of";
+const TOO_MANY_ITEMS: &str = "untyped data holds more than the limit of";
 
 /// What the `Value`s of a typed message may still decode: items left, and whether one went
 /// over.

@@ -518,6 +518,40 @@ async fn real_pair(server: Limits) -> (Session, Session) {
     (client, within(listener.accept()).await.unwrap())
 }
 
+/// A message its type refuses while decoding (`libchan::refuse`) ends the channel with the
+/// code and text the type chose, and the sender's next send fails with them; the messages
+/// before it are received.
+#[tokio::test]
+async fn a_message_its_type_refuses_ends_the_channel_with_its_code() {
+    /// At most four bytes.
+    #[derive(Debug, serde::Serialize)]
+    struct Short(Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for Short {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let bytes = Vec::<u8>::deserialize(d)?;
+            if bytes.len() > 4 {
+                return Err(libchan::refuse(Code::TooLarge, "more than 4 bytes"));
+            }
+            Ok(Self(bytes))
+        }
+    }
+
+    let (client, server) = real_pair(Limits::default()).await;
+    let tx = client.open::<Vec<u8>>().await.unwrap();
+    tx.send(vec![1; 4]).await.unwrap();
+    tx.send(vec![1; 5]).await.unwrap();
+    let mut rx = within(server.accept::<Short>()).await.unwrap();
+    assert_eq!(within(rx.recv()).await.unwrap().unwrap().0, [1; 4]);
+    let err = within(rx.recv()).await.unwrap_err();
+    assert!(matches!(err, RecvError::Protocol(ref m) if m == "more than 4 bytes"), "{err}");
+    within(tx.closed()).await;
+    let err = tx.send(vec![]).await.unwrap_err();
+    let refused =
+        SendFailure::Refused { code: Code::TooLarge, message: "more than 4 bytes".into() };
+    assert_eq!(*err.reason(), refused);
+}
+
 #[tokio::test]
 async fn an_oversize_message_ends_the_channel_with_too_large_and_the_sender_learns_the_limit() {
     let mut limits = Limits::default();

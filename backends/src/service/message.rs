@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libchan::{ByteStream, Sender};
-use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -163,8 +163,9 @@ pub struct Message {
 /// The longest request id the network stages keep.
 pub const MAX_ID_LEN: usize = 64;
 
-/// The most arguments a received message may carry; a message with more fails to decode (the
-/// receiver drops it, the channel goes on). Each decoded argument costs a 24-byte `String`
+/// The most arguments a received message may carry; a message with more is refused: the
+/// receiver's channel ends with CLOSE_ERR TOO_LARGE naming the bound, and the sender's next
+/// send fails with it. Each decoded argument costs a 24-byte `String`
 /// however short it was on the wire (an empty one is one CBOR byte), so a 16 MiB message of
 /// empty strings would hold about 400 MB; at this bound the list holds at most 1.5 MiB
 /// besides the text. `Set` answers to `Ls` carry one name per argument: 65 536 is far above
@@ -348,9 +349,12 @@ fn bounded_args<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String
             let mut args = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
             while let Some(arg) = seq.next_element::<String>()? {
                 if args.len() == MAX_ARGS {
-                    return Err(A::Error::custom(format!(
-                        "message carries more than {MAX_ARGS} arguments"
-                    )));
+                    // The channel ends and its sender learns why: dropping just this message
+                    // would leave the sender waiting for an answer that never comes.
+                    return Err(libchan::refuse(
+                        libchan::proto::Code::TooLarge,
+                        format!("message carries more than {MAX_ARGS} arguments"),
+                    ));
                 }
                 args.push(arg);
             }
