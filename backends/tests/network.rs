@@ -307,7 +307,7 @@ async fn a_request_over_the_argument_bound_ends_its_channel_with_a_code() {
     let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap();
     assert_eq!(answer.expect("an answer at the bound").args, ["web"]);
 
-    let (request, answers) = ls(MAX_ARGS + 1);
+    let (request, mut answers) = ls(MAX_ARGS + 1);
     channel.send(request).await.unwrap();
     tokio::time::timeout(LIMIT, channel.closed()).await.expect("the channel ends");
     let error = channel.send(Message::new(Verb::Ls)).await.unwrap_err();
@@ -317,9 +317,9 @@ async fn a_request_over_the_argument_bound_ends_its_channel_with_a_code() {
         SendFailure::Refused { code: Code::TooLarge, message: expected },
         "{error}"
     );
-    // Its answer channel ends only when the node drops the stream the refused request named
-    // (after the pending-reference TTL): the sender has its answer from the send above.
-    drop(answers);
+    // The refused request's answer channel ends too: nobody is left waiting on it.
+    let ended = tokio::time::timeout(LIMIT, answers.recv()).await.expect("the answers end");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
 
     let channel = session.open::<Message>().await.unwrap();
     let (request, mut answers) = ls(0);

@@ -935,6 +935,7 @@ impl NetReceiver {
         else {
             return;
         };
+        self.session.channel_ended(self.ref_id);
         let mut last = BytesMut::new();
         match tell {
             Some(Some(close)) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),

@@ -559,9 +559,41 @@ impl SessionInner {
         drop(entries);
     }
 
-    fn would_park(&self, ref_id: u64) -> bool {
+    /// Whether a nested stream may be taken in (before its ACCEPT): its handle waits for it,
+    /// or it can be parked.
+    fn may_arrive(&self, open: &Open) -> Result<(), String> {
         let table = lock(&self.rendezvous);
-        table.entries.contains_key(&ref_id) || table.entries.len() < self.limits.max_pending_refs
+        if table.entries.contains_key(&open.ref_id) {
+            return Ok(());
+        }
+        if table.ended_channels.contains(open.parent) {
+            return Err(format!(
+                "reference {} belongs to channel {}, which has ended",
+                open.ref_id, open.parent
+            ));
+        }
+        if table.entries.len() >= self.limits.max_pending_refs {
+            return Err(format!("more than {} references pending", self.limits.max_pending_refs));
+        }
+        Ok(())
+    }
+
+    /// The peer's channel `channel` ended here (it finished, failed, or its receiver went
+    /// away): no more of its messages are decoded, so streams they named that no handle
+    /// claimed never will be. Those parked are dropped now, and those still to come are
+    /// refused, rather than each waiting for the TTL while its sender waits on it.
+    pub(crate) fn channel_ended(&self, channel: u64) {
+        let parked: Vec<(u64, Entry)> = {
+            let mut table = lock(&self.rendezvous);
+            table.ended_channels.insert(channel);
+            table
+                .entries
+                .extract_if(|_, entry| {
+                    matches!(entry, Entry::Arrived { open, .. } if open.parent == channel)
+                })
+                .collect()
+        };
+        drop(parked);
     }
 }
 
@@ -649,6 +681,9 @@ struct Rendezvous {
     entries: HashMap<u64, Entry>,
     /// Set once the connection is gone (see [`SessionInner::end_rendezvous`]).
     ended: bool,
+    /// The peer's channels that ended here, the most recent first forgotten last (see
+    /// [`SessionInner::channel_ended`]).
+    ended_channels: Retired,
 }
 
 enum Entry {
@@ -789,8 +824,7 @@ async fn route(
             slot.send((open, stream));
         }
         _ => {
-            if !inner.would_park(open.ref_id) {
-                let why = format!("more than {} references pending", inner.limits.max_pending_refs);
+            if let Err(why) = inner.may_arrive(&open) {
                 return refuse(stream, Code::Rendezvous, &why, &inner).await;
             }
             // As above: a failed ACCEPT does not lose what the opener sent.

@@ -407,6 +407,37 @@ async fn reuse_of_a_claimed_reference_is_refused_at_once() {
     finish(bystander).await;
 }
 
+/// Streams named on a channel whose receiver is gone are let go when it goes: one parked is
+/// dropped at once, and one that comes later is refused, rather than each waiting for the TTL
+/// while the end that sent it waits on it.
+#[tokio::test]
+async fn streams_for_a_channel_that_ended_are_let_go() {
+    let mut limits = Limits::default();
+    limits.pending_ref_ttl = Duration::from_secs(120);
+    let (session, peer) = hostile_pair(limits).await;
+    let (_r, _w) = raw_channel(&peer, 1).await;
+    let rx = within(session.accept::<u32>()).await.unwrap();
+    // A stream for a message on channel 1 that is never read, here before its message.
+    let (mut early_r, mut early_w) = peer.open().await.unwrap();
+    early_w.write_all(&open_frame(3, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let (_, payload) = read_frame(&mut early_r).await;
+    assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
+    drop(rx);
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), early_r.read_to_end(&mut rest))
+        .await
+        .expect("the parked stream is let go with its channel, not after the TTL");
+    assert!(ended.is_err() || rest.is_empty(), "{ended:?} after {rest:?}");
+    // A stream for channel 1 that comes after it ended is refused at once.
+    let (mut late_r, mut late_w) = peer.open().await.unwrap();
+    late_w.write_all(&open_frame(5, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let (_, payload) = read_frame(&mut late_r).await;
+    let accept = Accept::decode(&payload).unwrap();
+    assert_eq!(accept.status, Code::Rendezvous, "{accept:?}");
+    assert!(accept.error.unwrap_or_default().contains("channel 1, which has ended"));
+    still_serving(&session, &peer, 7).await;
+}
+
 /// Handles whose streams had not arrived when their session ended fail with the session's
 /// reason, rather than wait for streams that can no longer come (the pending table's TTL
 /// stops with the session).
