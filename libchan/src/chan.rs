@@ -788,20 +788,21 @@ impl NetReceiver {
         let Some(payload) = ready!(self.poll_msg(cx))? else {
             return Poll::Ready(Ok(None));
         };
-        let decoded = decode::<T>(&self.session, self.ref_id, &payload);
-        match &decoded {
-            // PROTOCOL.md §7.1: the sender learns that its encoder is broken.
-            Err(RecvError::Protocol(why)) if why.starts_with(MALFORMED) => {
-                self.stop_with(Some(CloseErr { code: Code::Decode, message: why.clone() }));
+        match decode::<T>(&self.session, self.ref_id, &payload) {
+            Ok(value) => Poll::Ready(Ok(Some(value))),
+            Err(Undecoded { error, code }) => {
+                match (&error, code) {
+                    // PROTOCOL.md §7.1 and §9: the sender learns what its message broke.
+                    (RecvError::Protocol(why), Some(code)) => {
+                        self.end(Tell::CloseErr(CloseErr { code, message: why.clone() }));
+                    }
+                    (RecvError::Protocol(_), None) => self.end(Tell::RecvClosed),
+                    // Well-formed, but not a `T`: only this message fails.
+                    _ => {}
+                }
+                Poll::Ready(Err(error))
             }
-            // PROTOCOL.md §9: the sender learns the limit its message broke.
-            Err(RecvError::Protocol(why)) if why.starts_with(crate::value::TOO_MANY_ITEMS) => {
-                self.stop_with(Some(CloseErr { code: Code::TooLarge, message: why.clone() }));
-            }
-            Err(RecvError::Protocol(_)) => self.stop(true),
-            _ => {}
         }
-        Poll::Ready(decoded.map(Some))
     }
 
     fn poll_msg(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {
@@ -870,7 +871,7 @@ impl NetReceiver {
                                 len - 1
                             );
                             let close = CloseErr { code: Code::TooLarge, message: message.clone() };
-                            self.stop_with(Some(close));
+                            self.end(Tell::CloseErr(close));
                             return Poll::Ready(Err(RecvError::Protocol(message)));
                         }
                         // A reset stream, or one cut by the loss of its connection (yamux
@@ -882,7 +883,7 @@ impl NetReceiver {
                         }
                         Err(e) => Err(e.into()),
                     };
-                    self.stop(result.is_err());
+                    self.end(if result.is_err() { Tell::RecvClosed } else { Tell::Nothing });
                     return Poll::Ready(result);
                 }
                 NetState::Done => return Poll::Ready(Ok(None)),
@@ -890,22 +891,8 @@ impl NetReceiver {
         }
     }
 
-    /// Ends our side of the stream; `tell` sends RECV_CLOSED first, so the sender stops.
-    fn stop(&mut self, tell: bool) {
-        if tell {
-            self.stop_with(None);
-        } else {
-            self.end(None);
-        }
-    }
-
-    /// Ends our side of the stream telling the sender to stop: with CLOSE_ERR carrying the
-    /// code when there is one, else RECV_CLOSED.
-    fn stop_with(&mut self, close: Option<CloseErr>) {
-        self.end(Some(close));
-    }
-
-    fn end(&mut self, tell: Option<Option<CloseErr>>) {
+    /// Ends our side of the stream, first telling the sender what `tell` says.
+    fn end(&mut self, tell: Tell) {
         let NetState::Ready { reader, mut write, permit } =
             std::mem::replace(&mut self.state, NetState::Done)
         else {
@@ -913,9 +900,9 @@ impl NetReceiver {
         };
         let mut last = BytesMut::new();
         match tell {
-            Some(Some(close)) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
-            Some(None) => frame::encode(FrameType::RecvClosed, &[], &mut last),
-            None => {}
+            Tell::CloseErr(close) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
+            Tell::RecvClosed => frame::encode(FrameType::RecvClosed, &[], &mut last),
+            Tell::Nothing => {}
         }
         // Most often the stream takes the frame and its end at once, from this task; only a
         // stream that makes us wait gets a task to finish it. A failed write still ends it.
@@ -950,7 +937,31 @@ impl NetReceiver {
 
 impl Drop for NetReceiver {
     fn drop(&mut self) {
-        self.stop(true);
+        self.end(Tell::RecvClosed);
+    }
+}
+
+/// What a receiver ending its side of a channel tells the sender.
+enum Tell {
+    /// Nothing: the sender ended the channel, or it failed.
+    Nothing,
+    /// RECV_CLOSED: stop sending.
+    RecvClosed,
+    /// CLOSE_ERR: stop sending, for this reason.
+    CloseErr(CloseErr),
+}
+
+/// A message that did not decode.
+pub(crate) struct Undecoded {
+    pub(crate) error: RecvError,
+    /// The code the sender is told with CLOSE_ERR, when it broke something it can fix: its
+    /// encoder (`Decode`) or a limit (`TooLarge`).
+    pub(crate) code: Option<Code>,
+}
+
+impl From<RecvError> for Undecoded {
+    fn from(error: RecvError) -> Self {
+        Self { error, code: None }
     }
 }
 
@@ -958,8 +969,10 @@ pub(crate) fn decode<T: Message>(
     session: &Arc<SessionInner>,
     parent: u64,
     payload: &[u8],
-) -> Result<T, RecvError> {
-    crate::value::check_items::<T>(payload, &session.limits).map_err(RecvError::Protocol)?;
+) -> Result<T, Undecoded> {
+    let refused = |code, why| Undecoded { error: RecvError::Protocol(why), code: Some(code) };
+    crate::value::check_items::<T>(payload, &session.limits)
+        .map_err(|why| refused(Code::TooLarge, why))?;
     let state = DecodeState { session: session.clone(), parent, claimed: Vec::new(), error: None };
     let mut rest = payload;
     let depth = session.limits.max_depth;
@@ -967,25 +980,25 @@ pub(crate) fn decode<T: Message>(
         ciborium::de::from_reader_with_recursion_limit::<T, _>(&mut rest, depth)
     });
     if let Some(error) = state.error {
-        return Err(RecvError::Protocol(error));
+        return Err(RecvError::Protocol(error).into());
     }
     let value = result.map_err(|e| match e {
         ciborium::de::Error::RecursionLimitExceeded => {
-            RecvError::Protocol(format!("message nested deeper than the limit of {depth}"))
+            RecvError::Protocol(format!("message nested deeper than the limit of {depth}")).into()
         }
         // Not well-formed CBOR (or cut short): the sender's encoder is broken, not a type
         // that differs from ours, so the channel ends (PROTOCOL.md §7.1).
         ciborium::de::Error::Syntax(offset) => {
-            RecvError::Protocol(format!("{MALFORMED} at byte {offset}"))
+            refused(Code::Decode, format!("malformed CBOR at byte {offset}"))
         }
-        ciborium::de::Error::Io(_) => RecvError::Protocol(format!("{MALFORMED}: item cut short")),
-        other => RecvError::Decode(other.to_string()),
+        ciborium::de::Error::Io(_) => {
+            refused(Code::Decode, "malformed CBOR: item cut short".into())
+        }
+        other => RecvError::Decode(other.to_string()).into(),
     })?;
     if !rest.is_empty() {
-        return Err(RecvError::Protocol(format!(
-            "{} bytes after the message's CBOR item",
-            rest.len()
-        )));
+        let why = format!("{} bytes after the message's CBOR item", rest.len());
+        return Err(RecvError::Protocol(why).into());
     }
     Ok(value)
 }
@@ -1003,7 +1016,3 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; carry on with it.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// How a message that is not well-formed CBOR is reported (to the receiver, and to the
-/// sender in CLOSE_ERR DECODE).
-const MALFORMED: &str = "malformed CBOR";

@@ -151,22 +151,20 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
 /// however few bytes it took on the wire. Other messages pass unchecked.
 ///
 /// # Errors
-/// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE; it starts with
-/// [`TOO_MANY_ITEMS`].
+/// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE.
 pub(crate) fn check_items<T: 'static>(payload: &[u8], limits: &Limits) -> Result<(), String> {
     if TypeId::of::<T>() != TypeId::of::<Value>() {
         return Ok(());
     }
     let limit = limits.max_untyped_items;
     match cbor_scan(payload, limits.max_depth, limit) {
-        Err(ScanError::TooManyItems) => Err(format!("{TOO_MANY_ITEMS} {limit} CBOR items")),
+        Err(ScanError::TooManyItems) => {
+            Err(format!("untyped message holds more than the limit of {limit} CBOR items"))
+        }
         // Too deep or broken: the decoder reports it, as for any message.
         _ => Ok(()),
     }
 }
-
-/// How an untyped message over `max_untyped_items` is reported.
-pub(crate) const TOO_MANY_ITEMS: &str = "untyped message holds more than the limit of";
 
 fn is_handle_tag(tag: u64) -> bool {
     matches!(
