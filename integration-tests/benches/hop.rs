@@ -2,7 +2,9 @@
 //! `remote` to B), over QUIC and over TLS. Real node processes on loopback; the client is
 //! an in-process `remote` stage. Prints p50/p99, the ratio of the p50s, and what each routed
 //! request costs node A: CPU time and thread switches (from `/proc/PID/task/*`), which the
-//! machine's load disturbs less than latency does.
+//! machine's load disturbs less than latency does, next to the CPU time B and the client
+//! spend on a direct request (a router costs no more than a client plus a server when A's
+//! figure is at most their sum).
 //!
 //! Then the same paths with 32 requests in flight at once, in requests per second.
 //!
@@ -47,8 +49,8 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
     let on = threads
         .map_or_else(|| "one worker thread per core".to_owned(), |n| format!("--threads {n}"));
     println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names), nodes on {on}");
-    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request | B CPU per direct request (us) | direct, {IN_FLIGHT} in flight (req/s) | via A, {IN_FLIGHT} in flight (req/s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request | B CPU per direct request (us) | client CPU per direct request (us) | direct, {IN_FLIGHT} in flight (req/s) | via A, {IN_FLIGHT} in flight (req/s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for scheme in ["quic", "tls"] {
         if !only.is_empty() && !only.iter().any(|name| name == scheme) {
             continue;
@@ -74,9 +76,10 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
         let routed =
             client_of(me.clone(), &format!("{} --node node-a", a.url()), LIMIT, &tasks).await;
         let direct_rate = throughput(&direct, rounds).await;
-        let before_b = Usage::of(b.pid());
+        let (before_b, before_client) = (Usage::of(b.pid()), Usage::of(std::process::id()));
         let direct = measure(&direct, rounds).await;
         let cost_b = Usage::of(b.pid()).since(&before_b);
+        let cost_client = Usage::of(std::process::id()).since(&before_client);
         let routed_rate = throughput(&routed, rounds).await;
         let before = Usage::of(a.pid());
         let routed = measure(&routed, rounds).await;
@@ -85,7 +88,7 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
         let per = |total: u64| total as f64 / (rounds + rounds / 10) as f64;
         let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
             p(&direct, 0.5),
             p(&direct, 0.99),
             p(&routed, 0.5),
@@ -94,6 +97,7 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
             per(cost.cpu_ns) / 1000.0,
             per(cost.switches),
             per(cost_b.cpu_ns) / 1000.0,
+            per(cost_client.cpu_ns) / 1000.0,
             direct_rate,
             routed_rate,
         );
