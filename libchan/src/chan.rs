@@ -898,6 +898,8 @@ impl NetReceiver {
         else {
             return;
         };
+        // The last frame and the stream's end leave in one write.
+        let _hold = self.session.hold();
         let mut last = BytesMut::new();
         match tell {
             Tell::CloseErr(close) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
