@@ -2,7 +2,9 @@
 //! yamux over TCP loopback against a raw yamux stream, `tls://` against a raw rustls stream,
 //! `quic://` against a raw quinn stream. `cargo bench -p libchan`; `-- --quick` for a short
 //! run; `-- tcp`, `-- tls` or `-- quic` for one transport; `-- oneway`, `-- rr`, `-- bulk` or
-//! `-- opens` for some rows.
+//! `-- opens` for some rows; `-- --in-task` runs every row's client side in a spawned task on
+//! a worker thread instead of on the thread that blocks on the runtime (both ends, raw and
+//! libchan, then run on the workers, as in a server).
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ struct Request {
     reply: Sender<Small>,
 }
 
+#[derive(Clone)]
 struct Scale {
     messages: u64,
     round_trips: u64,
@@ -101,8 +104,15 @@ fn main() {
     let rows = if rows.is_empty() { vec!["oneway", "rr", "bulk", "opens"] } else { rows };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let in_task = args.iter().any(|a| a == "--in-task");
     for net in nets {
-        runtime.block_on(run(net, &scale, &rows));
+        if in_task {
+            let (scale, rows) = (scale.clone(), rows.clone());
+            let run = runtime.spawn(async move { run(net, &scale, &rows).await });
+            runtime.block_on(run).unwrap();
+        } else {
+            runtime.block_on(run(net, &scale, &rows));
+        }
     }
 }
 
