@@ -2,10 +2,15 @@
 //! `remote` to B), over QUIC and over TLS. Real node processes on loopback; the client is
 //! an in-process `remote` stage. Prints p50/p99, the ratio of the p50s, and what each routed
 //! request costs node A: CPU time and thread switches (from `/proc/PID/task/*`), which the
-//! machine's load disturbs less than latency does.
+//! machine's load disturbs less than latency does, next to the CPU time B and the client
+//! spend on a direct request (a router costs no more than a client plus a server when A's
+//! figure is at most their sum).
+//!
+//! Then the same paths with 32 requests in flight at once, in requests per second.
 //!
 //! `cargo bench -p integration-tests --bench hop` (`-- --quick` for a tenth of the rounds,
-//! `-- quic` or `-- tls` for one transport).
+//! `-- quic` or `-- tls` for one transport, `-- --threads N` to run both nodes with
+//! `--threads N`).
 
 use std::time::{Duration, Instant};
 
@@ -16,23 +21,36 @@ use integration_tests::{client_of, Swarm, LIMIT};
 const BIN: &str = env!("CARGO_BIN_EXE_node-under-test");
 
 fn main() {
-    let quick = std::env::args().any(|arg| arg == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|arg| arg == "--quick");
     let rounds = if quick { 500 } else { 5_000 };
-    let only: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let threads = args.iter().position(|arg| arg == "--threads").map(|at| {
+        let n = args.get(at + 1).and_then(|n| n.parse::<u16>().ok());
+        n.expect("--threads needs a number").to_string()
+    });
+    let only: Vec<String> = args
+        .iter()
+        .filter(|arg| !arg.starts_with("--") && Some(*arg) != threads.as_ref())
+        .cloned()
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(rounds, &only));
+    runtime.block_on(run(rounds, &only, threads.as_deref()));
 }
 
-async fn run(rounds: usize, only: &[String]) {
+async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
     let swarm = Swarm::new(BIN);
     let me = swarm.identity("bench-client");
-    println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names)");
-    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let flags: Vec<String> =
+        threads.map(|n| vec!["--threads".to_owned(), n.to_owned()]).unwrap_or_default();
+    let on = threads
+        .map_or_else(|| "one worker thread per core".to_owned(), |n| format!("--threads {n}"));
+    println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names), nodes on {on}");
+    println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request | B CPU per direct request (us) | client CPU per direct request (us) | direct, {IN_FLIGHT} in flight (req/s) | via A, {IN_FLIGHT} in flight (req/s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for scheme in ["quic", "tls"] {
         if !only.is_empty() && !only.iter().any(|name| name == scheme) {
             continue;
@@ -40,11 +58,13 @@ async fn run(rounds: usize, only: &[String]) {
         let b = swarm
             .node("node-b")
             .with_certs()
+            .args(flags.clone())
             .args([format!("listen {scheme}://127.0.0.1:0"), "simulator x y z".to_owned()])
             .start();
         let a = swarm
             .node("node-a")
             .with_certs()
+            .args(flags.clone())
             .args([
                 format!("listen {scheme}://127.0.0.1:0"),
                 format!("remote {} --node node-b", b.url()),
@@ -55,7 +75,12 @@ async fn run(rounds: usize, only: &[String]) {
             client_of(me.clone(), &format!("{} --node node-b", b.url()), LIMIT, &tasks).await;
         let routed =
             client_of(me.clone(), &format!("{} --node node-a", a.url()), LIMIT, &tasks).await;
+        let direct_rate = throughput(&direct, rounds).await;
+        let (before_b, before_client) = (Usage::of(b.pid()), Usage::of(std::process::id()));
         let direct = measure(&direct, rounds).await;
+        let cost_b = Usage::of(b.pid()).since(&before_b);
+        let cost_client = Usage::of(std::process::id()).since(&before_client);
+        let routed_rate = throughput(&routed, rounds).await;
         let before = Usage::of(a.pid());
         let routed = measure(&routed, rounds).await;
         let cost = Usage::of(a.pid()).since(&before);
@@ -63,7 +88,7 @@ async fn run(rounds: usize, only: &[String]) {
         let per = |total: u64| total as f64 / (rounds + rounds / 10) as f64;
         let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+            "| {scheme} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
             p(&direct, 0.5),
             p(&direct, 0.99),
             p(&routed, 0.5),
@@ -71,6 +96,10 @@ async fn run(rounds: usize, only: &[String]) {
             p(&routed, 0.5) / p(&direct, 0.5),
             per(cost.cpu_ns) / 1000.0,
             per(cost.switches),
+            per(cost_b.cpu_ns) / 1000.0,
+            per(cost_client.cpu_ns) / 1000.0,
+            direct_rate,
+            routed_rate,
         );
         tasks.shutdown(Duration::from_secs(5)).await;
         // Stopped by SIGTERM, so a node run under a profiler writes its profile.
@@ -94,6 +123,27 @@ async fn measure(client: &Client, rounds: usize) -> Histogram<u64> {
         histogram.record(elapsed).expect("record");
     }
     histogram
+}
+
+/// Requests in flight at once in the throughput rows.
+const IN_FLIGHT: usize = 32;
+
+/// Requests per second with [`IN_FLIGHT`] requests always outstanding, `rounds` in all.
+async fn throughput(client: &Client, rounds: usize) -> f64 {
+    let started = Instant::now();
+    let workers = (0..IN_FLIGHT).map(|_| {
+        let client = client.clone();
+        async move {
+            for _ in 0..rounds / IN_FLIGHT {
+                let names = client.ls().await.expect("Ls");
+                assert_eq!(names.len(), 3);
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    #[allow(clippy::cast_precision_loss)] // far below 2^52
+    let done = (rounds / IN_FLIGHT * IN_FLIGHT) as f64;
+    done / started.elapsed().as_secs_f64()
 }
 
 /// CPU time and thread switches of a process so far, summed over its threads.

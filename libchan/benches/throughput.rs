@@ -2,7 +2,9 @@
 //! yamux over TCP loopback against a raw yamux stream, `tls://` against a raw rustls stream,
 //! `quic://` against a raw quinn stream. `cargo bench -p libchan`; `-- --quick` for a short
 //! run; `-- tcp`, `-- tls` or `-- quic` for one transport; `-- oneway`, `-- rr`, `-- bulk` or
-//! `-- opens` for some rows.
+//! `-- opens` for some rows; `-- --in-task` runs every row's client side in a spawned task on
+//! a worker thread instead of on the thread that blocks on the runtime (both ends, raw and
+//! libchan, then run on the workers, as in a server).
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ struct Request {
     reply: Sender<Small>,
 }
 
+#[derive(Clone)]
 struct Scale {
     messages: u64,
     round_trips: u64,
@@ -101,8 +104,15 @@ fn main() {
     let rows = if rows.is_empty() { vec!["oneway", "rr", "bulk", "opens"] } else { rows };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let in_task = args.iter().any(|a| a == "--in-task");
     for net in nets {
-        runtime.block_on(run(net, &scale, &rows));
+        if in_task {
+            let (scale, rows) = (scale.clone(), rows.clone());
+            let run = runtime.spawn(async move { run(net, &scale, &rows).await });
+            runtime.block_on(run).unwrap();
+        } else {
+            runtime.block_on(run(net, &scale, &rows));
+        }
     }
 }
 
@@ -135,6 +145,16 @@ async fn run(net: Net, scale: &Scale, only: &[&str]) {
             format!("{:.2}", chan / 1e9),
             chan / raw,
         ));
+        if net == Net::Tls {
+            // Where the TLS gap lies: yamux itself over the same rustls stream.
+            let yamux = bulk_yamux_over_tls(scale.bulk).await;
+            rows.push((
+                "raw yamux over rustls, bulk (GB/s)",
+                format!("{:.2}", raw / 1e9),
+                format!("{:.2}", yamux / 1e9),
+                yamux / raw,
+            ));
+        }
     }
     if !only.contains(&"opens") {
     } else if net == Net::Tcp {
@@ -219,6 +239,17 @@ async fn quic_pair() -> (quinn::Connection, quinn::Connection, quinn::Endpoint, 
     (a, b, client, server)
 }
 
+/// A rustls client and server stream over TCP loopback.
+async fn tls_pair(
+) -> (tokio_rustls::client::TlsStream<TcpStream>, tokio_rustls::server::TlsStream<TcpStream>) {
+    let (a, b) = tcp_pair().await;
+    let connector = tokio_rustls::TlsConnector::from(client_config());
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let (a, b) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
+    (a.unwrap(), b.unwrap())
+}
+
 /// One raw stream of the transport, established both ways (a byte each way).
 async fn raw_stream_pair(net: Net) -> (RawStream, RawStream) {
     let (a, b) = match net {
@@ -233,13 +264,9 @@ async fn raw_stream_pair(net: Net) -> (RawStream, RawStream) {
             )
         }
         Net::Tls => {
-            let (a, b) = tcp_pair().await;
-            let connector = tokio_rustls::TlsConnector::from(client_config());
-            let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let (a, b) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
-            let (ar, mut aw) = tokio::io::split(a.unwrap());
-            let (br, bw) = tokio::io::split(b.unwrap());
+            let (a, b) = tls_pair().await;
+            let (ar, mut aw) = tokio::io::split(a);
+            let (br, bw) = tokio::io::split(b);
             aw.write_all(&[1]).await.unwrap();
             aw.flush().await.unwrap();
             (
@@ -421,7 +448,30 @@ async fn ping_pong_libchan(net: Net, n: u64) -> (f64, f64) {
 }
 
 async fn bulk_raw(net: Net, total: usize) -> f64 {
-    let (a, mut b) = raw_stream_pair(net).await;
+    let (a, b) = raw_stream_pair(net).await;
+    bulk_on(a, b, total).await
+}
+
+/// [`bulk_raw`] on a raw yamux stream over a rustls stream: the same driver and configuration
+/// as `tls://` sessions, without libchan's framing and byte-stream relay.
+async fn bulk_yamux_over_tls(total: usize) -> f64 {
+    let (a, b) = tls_pair().await;
+    let (a, mut b) = (RawYamux::start(a, true), RawYamux::start(b, false));
+    let (read, mut write) = a.open().await.unwrap();
+    write.write_all(&[1]).await.unwrap();
+    let (mut their_read, their_write) = b.inbound.recv().await.unwrap();
+    let mut byte = [0u8; 1];
+    their_read.read_exact(&mut byte).await.unwrap();
+    bulk_on(
+        RawStream { read, write, _keep: Box::new(a) },
+        RawStream { read: their_read, write: their_write, _keep: Box::new(b) },
+        total,
+    )
+    .await
+}
+
+/// 256 KiB writes on `a`, read from `b` until the end.
+async fn bulk_on(a: RawStream, mut b: RawStream, total: usize) -> f64 {
     let start = Instant::now();
     let writer = tokio::spawn(async move {
         let mut w = a.write;

@@ -790,21 +790,21 @@ impl NetReceiver {
         let Some(payload) = ready!(self.poll_msg(cx))? else {
             return Poll::Ready(Ok(None));
         };
-        let (decoded, close) = decode_closing::<T>(&self.session, self.ref_id, &payload);
-        match (&decoded, close) {
-            // The message broke the item limit (PROTOCOL.md §9), or its type refused it
-            // (`libchan::refuse`): the sender learns why.
-            (Err(RecvError::Protocol(why)), Some(code)) => {
-                self.stop_with(Some(CloseErr { code, message: why.clone() }));
+        match decode::<T>(&self.session, self.ref_id, &payload) {
+            Ok(value) => Poll::Ready(Ok(Some(value))),
+            Err(Undecoded { error, code }) => {
+                match (&error, code) {
+                    // PROTOCOL.md §7.1 and §9: the sender learns what its message broke.
+                    (RecvError::Protocol(why), Some(code)) => {
+                        self.end(Tell::CloseErr(CloseErr { code, message: why.clone() }));
+                    }
+                    (RecvError::Protocol(_), None) => self.end(Tell::RecvClosed),
+                    // Well-formed, but not a `T`: only this message fails.
+                    _ => {}
+                }
+                Poll::Ready(Err(error))
             }
-            // PROTOCOL.md §7.1: the sender learns that its encoder is broken.
-            (Err(RecvError::Protocol(why)), None) if why.starts_with(MALFORMED) => {
-                self.stop_with(Some(CloseErr { code: Code::Decode, message: why.clone() }));
-            }
-            (Err(RecvError::Protocol(_)), None) => self.stop(true),
-            _ => {}
         }
-        Poll::Ready(decoded.map(Some))
     }
 
     fn poll_msg(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RecvError>> {
@@ -876,7 +876,7 @@ impl NetReceiver {
                                 len - 1
                             );
                             let close = CloseErr { code: Code::TooLarge, message: message.clone() };
-                            self.stop_with(Some(close));
+                            self.end(Tell::CloseErr(close));
                             return Poll::Ready(Err(RecvError::Protocol(message)));
                         }
                         // A reset stream, or one cut by the loss of its connection: yamux
@@ -892,7 +892,7 @@ impl NetReceiver {
                             match self.session.close_reason() {
                                 Some(reason) => Err(RecvError::Connection(reason)),
                                 None => {
-                                    self.stop(true);
+                                    self.end(Tell::RecvClosed);
                                     self.state =
                                         NetState::Lost(self.session.loss_reason(e.to_string()));
                                     continue;
@@ -901,7 +901,7 @@ impl NetReceiver {
                         }
                         Err(e) => Err(e.into()),
                     };
-                    self.stop(result.is_err());
+                    self.end(if result.is_err() { Tell::RecvClosed } else { Tell::Nothing });
                     return Poll::Ready(result);
                 }
                 NetState::Lost(reason) => {
@@ -914,33 +914,21 @@ impl NetReceiver {
         }
     }
 
-    /// Ends our side of the stream; `tell` sends RECV_CLOSED first, so the sender stops.
-    fn stop(&mut self, tell: bool) {
-        if tell {
-            self.stop_with(None);
-        } else {
-            self.end(None);
-        }
-    }
-
-    /// Ends our side of the stream telling the sender to stop: with CLOSE_ERR carrying the
-    /// code when there is one, else RECV_CLOSED.
-    fn stop_with(&mut self, close: Option<CloseErr>) {
-        self.end(Some(close));
-    }
-
-    fn end(&mut self, tell: Option<Option<CloseErr>>) {
+    /// Ends our side of the stream, first telling the sender what `tell` says.
+    fn end(&mut self, tell: Tell) {
         let NetState::Ready { reader, mut write, permit } =
             std::mem::replace(&mut self.state, NetState::Done)
         else {
             return;
         };
         self.session.channel_ended(self.ref_id);
+        // The last frame and the stream's end leave in one write.
+        let _hold = self.session.hold();
         let mut last = BytesMut::new();
         match tell {
-            Some(Some(close)) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
-            Some(None) => frame::encode(FrameType::RecvClosed, &[], &mut last),
-            None => {}
+            Tell::CloseErr(close) => frame::encode(FrameType::CloseErr, &close.encode(), &mut last),
+            Tell::RecvClosed => frame::encode(FrameType::RecvClosed, &[], &mut last),
+            Tell::Nothing => {}
         }
         // Most often the stream takes the frame and its end at once, from this task; only a
         // stream that makes us wait gets a task to finish it. A failed write still ends it.
@@ -975,7 +963,31 @@ impl NetReceiver {
 
 impl Drop for NetReceiver {
     fn drop(&mut self) {
-        self.stop(true);
+        self.end(Tell::RecvClosed);
+    }
+}
+
+/// What a receiver ending its side of a channel tells the sender.
+enum Tell {
+    /// Nothing: the sender ended the channel, or it failed.
+    Nothing,
+    /// RECV_CLOSED: stop sending.
+    RecvClosed,
+    /// CLOSE_ERR: stop sending, for this reason.
+    CloseErr(CloseErr),
+}
+
+/// A message that did not decode.
+pub(crate) struct Undecoded {
+    pub(crate) error: RecvError,
+    /// The code the sender is told with CLOSE_ERR, when it broke something it can fix: its
+    /// encoder (`Decode`) or a limit (`TooLarge`).
+    pub(crate) code: Option<Code>,
+}
+
+impl From<RecvError> for Undecoded {
+    fn from(error: RecvError) -> Self {
+        Self { error, code: None }
     }
 }
 
@@ -983,21 +995,10 @@ pub(crate) fn decode<T: Message>(
     session: &Arc<SessionInner>,
     parent: u64,
     payload: &[u8],
-) -> Result<T, RecvError> {
-    decode_closing(session, parent, payload).0
-}
-
-/// [`decode`], and the code a failed message ends its channel with when the decode chose
-/// one (see [`context::refuse`]).
-fn decode_closing<T: Message>(
-    session: &Arc<SessionInner>,
-    parent: u64,
-    payload: &[u8],
-) -> (Result<T, RecvError>, Option<Code>) {
-    let untyped_left = match crate::value::check_items::<T>(payload, &session.limits) {
-        Ok(left) => left,
-        Err(error) => return (Err(RecvError::Protocol(error)), Some(Code::TooLarge)),
-    };
+) -> Result<T, Undecoded> {
+    let refused = |code, why| Undecoded { error: RecvError::Protocol(why), code: Some(code) };
+    let untyped_left = crate::value::check_items::<T>(payload, &session.limits)
+        .map_err(|why| refused(Code::TooLarge, why))?;
     let state = DecodeState {
         session: session.clone(),
         parent,
@@ -1012,34 +1013,27 @@ fn decode_closing<T: Message>(
         ciborium::de::from_reader_with_recursion_limit::<T, _>(&mut rest, depth)
     });
     if let Some(error) = state.error {
-        return (Err(RecvError::Protocol(error)), state.close);
+        // A bad reference, the `Value`s over the item limit, or the type refused it
+        // (`libchan::refuse`): the last two tell the sender why.
+        return Err(Undecoded { error: RecvError::Protocol(error), code: state.close });
     }
-    (finish_decode(result, rest, depth), None)
-}
-
-/// What ciborium made of a message, as the receiver reports it.
-fn finish_decode<T>(
-    result: Result<T, ciborium::de::Error<std::io::Error>>,
-    rest: &[u8],
-    depth: usize,
-) -> Result<T, RecvError> {
     let value = result.map_err(|e| match e {
         ciborium::de::Error::RecursionLimitExceeded => {
-            RecvError::Protocol(format!("message nested deeper than the limit of {depth}"))
+            RecvError::Protocol(format!("message nested deeper than the limit of {depth}")).into()
         }
         // Not well-formed CBOR (or cut short): the sender's encoder is broken, not a type
         // that differs from ours, so the channel ends (PROTOCOL.md §7.1).
         ciborium::de::Error::Syntax(offset) => {
-            RecvError::Protocol(format!("{MALFORMED} at byte {offset}"))
+            refused(Code::Decode, format!("malformed CBOR at byte {offset}"))
         }
-        ciborium::de::Error::Io(_) => RecvError::Protocol(format!("{MALFORMED}: item cut short")),
-        other => RecvError::Decode(other.to_string()),
+        ciborium::de::Error::Io(_) => {
+            refused(Code::Decode, "malformed CBOR: item cut short".into())
+        }
+        other => RecvError::Decode(other.to_string()).into(),
     })?;
     if !rest.is_empty() {
-        return Err(RecvError::Protocol(format!(
-            "{} bytes after the message's CBOR item",
-            rest.len()
-        )));
+        let why = format!("{} bytes after the message's CBOR item", rest.len());
+        return Err(RecvError::Protocol(why).into());
     }
     Ok(value)
 }
@@ -1057,7 +1051,3 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; carry on with it.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// How a message that is not well-formed CBOR is reported (to the receiver, and to the
-/// sender in CLOSE_ERR DECODE).
-const MALFORMED: &str = "malformed CBOR";

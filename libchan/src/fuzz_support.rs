@@ -287,7 +287,8 @@ pub fn message<T: Message>(data: &[u8]) -> Option<Result<T, RecvError>> {
             // A refused OPEN (duplicate, table full) is dropped, as the session drops it.
             let _ = session.arrive(open.clone(), idle_stream());
         }
-        let result = crate::chan::decode::<T>(&session, case.channel, case.payload);
+        let result =
+            crate::chan::decode::<T>(&session, case.channel, case.payload).map_err(|u| u.error);
         match &result {
             Ok(value) => check_reencode(value, case.channel, &limits),
             Err(e) => assert!(!e.to_string().is_empty(), "an error with no text"),
@@ -309,7 +310,7 @@ fn check_reencode<T: Message>(value: &T, channel: u64, limits: &Limits) {
     );
     let peer = SessionInner::detached(Box::new(NoConnection), false, limits.clone());
     let again = crate::chan::decode::<T>(&peer, channel, &first)
-        .unwrap_or_else(|e| panic!("a re-encoded message does not decode: {e}"));
+        .unwrap_or_else(|u| panic!("a re-encoded message does not decode: {}", u.error));
     let (second, _) = encode(&again, channel, limits)
         .unwrap_or_else(|e| panic!("a message decoded twice does not re-encode: {e}"));
     assert_eq!(first, second, "re-encoding is stable");

@@ -491,6 +491,12 @@ impl SessionInner {
         }
     }
 
+    /// Holds the connection's writes back until the guard drops, so that frames written
+    /// meanwhile leave together (see `Mux::hold`).
+    pub(crate) fn hold(&self) -> Option<crate::transport::Hold> {
+        self.mux.hold()
+    }
+
     /// A session with no connection under it: opening a stream fails, no task runs. Only for
     /// [`crate::fuzz_support`], which decodes messages through the same rendezvous table a
     /// connected session uses; a real session is made by [`Session::start`].

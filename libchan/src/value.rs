@@ -168,8 +168,7 @@ fn claim_all(value: &mut ciborium::Value, handles: &mut Vec<Handle>) -> Result<(
 /// against: `None` when this check counted the whole message.
 ///
 /// # Errors
-/// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE; it starts with
-/// `TOO_MANY_ITEMS`.
+/// The text for the receiver and for the sender's CLOSE_ERR TOO_LARGE.
 pub(crate) fn check_items<T: 'static>(
     payload: &[u8],
     limits: &Limits,

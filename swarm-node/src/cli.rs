@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
 
+    /// Worker threads: 1 runs the node on one thread (least CPU and latency per request),
+    /// more spread it over that many cores. Default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// A subcommand instead of a pipeline.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -131,10 +136,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if settings.stages.is_empty() {
                 anyhow::bail!("no pipeline: give stages on the command line or in the config file");
             }
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            let runtime = runtime(settings.threads).context("cannot start the runtime")?;
             runtime.block_on(chain::run(settings))
         }
     }
+}
+
+/// A runtime with `threads` workers: on the calling thread for one, one per core for `None`.
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
 }
 
 const AFTER_HELP: &str = r#"Pipeline syntax:

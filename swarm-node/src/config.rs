@@ -15,6 +15,7 @@ use serde::Deserialize;
 /// certs = "/etc/swarm/certs"        # or ca, cert and key
 /// metrics = "127.0.0.1:9300"
 /// shutdown_timeout = 10
+/// threads = 1
 /// pipeline = ["listen quic://0.0.0.0:7300", "simulator b1 b2"]
 /// ```
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub start_timeout: Option<u64>,
     /// Seconds shutdown may take: draining requests in flight, then stopping the stages.
     pub shutdown_timeout: Option<u64>,
+    /// Worker threads (at least 1); default one per core.
+    pub threads: Option<u16>,
     /// A file to write once every stage started: one `listening URL` line per listen stage,
     /// then `metrics ADDR` if metrics are served.
     pub ready_file: Option<PathBuf>,
@@ -77,13 +80,14 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            "name = \"b\"\ncerts = \"c\"\nmetrics = \"127.0.0.1:9300\"\npipeline = [\"simulator x\"]\n",
+            "name = \"b\"\ncerts = \"c\"\nmetrics = \"127.0.0.1:9300\"\nthreads = 1\npipeline = [\"simulator x\"]\n",
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.name.as_deref(), Some("b"));
         assert_eq!(config.certs.unwrap(), dir.path().join("c"));
         assert_eq!(config.pipeline, ["simulator x"]);
+        assert_eq!(config.threads, Some(1));
         std::fs::write(&path, "name = \"b\"\nlisten = \"quic://x:1\"\n").unwrap();
         let error = format!("{:#}", Config::load(&path).unwrap_err());
         assert!(error.contains("unknown field `listen`"), "{error}");

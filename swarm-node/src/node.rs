@@ -25,6 +25,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Where to say that the node is ready.
     pub ready_file: Option<PathBuf>,
+    /// Worker threads; `None`: one per core.
+    pub threads: Option<usize>,
 }
 
 impl Settings {
@@ -77,7 +79,12 @@ impl Settings {
         let secs = |flag: Option<u64>, file: Option<u64>, default| {
             Duration::from_secs(flag.or(file).unwrap_or(default))
         };
+        let threads = cli.threads.or(config.threads);
+        if threads == Some(0) {
+            bail!("threads must be at least 1");
+        }
         Ok(Self {
+            threads: threads.map(usize::from),
             stages,
             node,
             metrics: cli.metrics.or(config.metrics),

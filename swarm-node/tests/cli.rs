@@ -81,7 +81,23 @@ fn bad_stages_are_named() {
 
 #[test]
 fn runs_a_pipeline_and_shuts_down_on_sigint_without_orphans() {
+    run_and_interrupt(&[]);
+}
+
+#[test]
+fn runs_on_one_thread_too() {
+    run_and_interrupt(&["--threads", "1"]);
+    let out = output(&["--threads", "0", "simulator"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(error.contains("invalid value '0' for '--threads <N>'"), "{error}");
+}
+
+/// Runs a chain whose process has a child of its own, with `flags` before the stages, and
+/// stops it with SIGINT: it exits 0, logs its lifecycle and leaves no process behind.
+fn run_and_interrupt(flags: &[&str]) {
     let child = swarm_node()
+        .args(flags)
         .args(["debug", r#"exec /bin/sh -c "sleep 1000 & echo pid $$; wait""#])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

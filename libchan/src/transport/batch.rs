@@ -4,7 +4,9 @@
 //! after each frame. Straight on a socket that is a system call per write, and over rustls a TLS
 //! record per write as well. [`Batched`] gathers those writes in one buffer and treats yamux's
 //! flushes as no-ops; the yamux driver writes the buffer out with [`Batched::poll_send`] at the
-//! end of each of its polls, so every frame yamux produced in one poll leaves in one write.
+//! end of each of its polls, so every frame yamux produced in one poll leaves in one write. A
+//! large body leaves in one vectored write with the batch before it (its header, at least):
+//! over rustls header and body then fill full TLS records together.
 
 use std::io;
 use std::pin::Pin;
@@ -76,6 +78,34 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
+
+    /// Writes `buf` after `out`, both in one vectored write while `out` is not all taken: over
+    /// rustls the batch (yamux's header, at least) and the body then fill whole TLS records,
+    /// instead of the header leaving in a short record and a system call of its own.
+    fn poll_write_after_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        while self.sent < self.out.len() {
+            let left = self.out.len() - self.sent;
+            let parts = [io::IoSlice::new(&self.out[self.sent..]), io::IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &parts))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < left {
+                self.sent += n;
+                continue;
+            }
+            self.out.clear();
+            self.sent = 0;
+            if n > left {
+                return Poll::Ready(Ok(n - left));
+            }
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
@@ -98,14 +128,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<S> {
         if let Some(e) = inner.failed.take() {
             return Poll::Ready(Err(e));
         }
-        if buf.len() >= DIRECT_LEN || inner.out.len() + buf.len() > BATCH_LEN {
+        if buf.len() >= DIRECT_LEN {
+            // Large bodies go straight to the socket rather than through another copy.
+            return inner.poll_write_after_out(cx, buf);
+        }
+        if inner.out.len() + buf.len() > BATCH_LEN {
             // What came before goes first. When the socket is full the writer waits here,
             // which is how yamux feels backpressure.
             ready!(inner.poll_write_out(cx))?;
-        }
-        if buf.len() >= DIRECT_LEN {
-            // Large bodies go straight to the socket rather than through another copy.
-            return Pin::new(&mut inner.io).poll_write(cx, buf);
         }
         inner.out.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
@@ -142,10 +172,24 @@ mod tests {
 
     use super::*;
 
-    /// A socket that records each write it takes, taking at most `room` bytes in all.
+    /// A socket that records each write it takes, a vectored one as one write, taking at most
+    /// `room` bytes in all.
     struct Recorder {
         writes: Vec<Vec<u8>>,
         room: usize,
+    }
+
+    impl Recorder {
+        fn take(&mut self, parts: &[&[u8]]) -> Poll<io::Result<usize>> {
+            let taken: Vec<u8> = parts.concat().into_iter().take(self.room).collect();
+            if taken.is_empty() {
+                return Poll::Pending;
+            }
+            self.room -= taken.len();
+            let n = taken.len();
+            self.writes.push(taken);
+            Poll::Ready(Ok(n))
+        }
     }
 
     impl AsyncRead for Recorder {
@@ -164,13 +208,20 @@ mod tests {
             _cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.room);
-            if n == 0 {
-                return Poll::Pending;
-            }
-            self.room -= n;
-            self.writes.push(buf[..n].to_vec());
-            Poll::Ready(Ok(n))
+            self.take(&[buf])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let parts: Vec<&[u8]> = bufs.iter().map(|buf| &buf[..]).collect();
+            self.take(&parts)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
         }
 
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -204,12 +255,28 @@ mod tests {
     }
 
     #[test]
-    fn a_large_write_follows_what_was_batched_before_it() {
+    fn a_large_write_leaves_in_one_write_with_what_was_batched_before_it() {
         let mut socket = Batched::new(Recorder { writes: Vec::new(), room: usize::MAX });
         let body = vec![7u8; DIRECT_LEN];
         assert!(write(&mut socket, b"header").is_ready());
         assert!(matches!(write(&mut socket, &body), Poll::Ready(Ok(n)) if n == body.len()));
-        assert_eq!(writes(&socket), vec![b"header".to_vec(), body]);
+        assert_eq!(writes(&socket), vec![[&b"header"[..], &body].concat()]);
+        assert!(write(&mut socket, &body).is_ready(), "with nothing batched the body goes alone");
+        assert_eq!(writes(&socket).last(), Some(&body));
+    }
+
+    #[test]
+    fn a_large_write_counts_only_its_own_bytes_when_the_socket_takes_part() {
+        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: 4 });
+        let body = vec![7u8; DIRECT_LEN];
+        assert!(write(&mut socket, b"header").is_ready());
+        assert!(write(&mut socket, &body).is_pending(), "the socket took 4 bytes of the batch");
+        socket.lock().io.room = 2 + 100;
+        let written = write(&mut socket, &body);
+        assert!(matches!(written, Poll::Ready(Ok(100))), "the rest of the batch is not counted");
+        assert_eq!(writes(&socket).concat(), [&b"header"[..], &body[..100]].concat());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(matches!(socket.poll_send(&mut cx), Poll::Ready(Ok(()))), "nothing is left");
     }
 
     #[test]

@@ -135,7 +135,8 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| ConnectError::io(format!("connect to {addr}"), e))?;
         let _ = tcp.set_nodelay(true);
-        let stream = connector.connect(name, tcp).await.map_err(|e| refused(addr, &e))?;
+        let mut stream = connector.connect(name, tcp).await.map_err(|e| refused(addr, &e))?;
+        stream.get_mut().1.set_buffer_limit(Some(BUFFER_LIMIT));
         let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
         // In TLS 1.3 the server checks our certificate after our side of the handshake is
         // done: its refusal arrives as an alert where its preamble should be.
@@ -160,7 +161,8 @@ pub(crate) async fn accept(
 ) -> Result<Session, ConnectError> {
     let timeout = limits.handshake_timeout;
     let handshake = async {
-        let stream = acceptor.accept(tcp).await.map_err(|e| refused(&peer, &e))?;
+        let mut stream = acceptor.accept(tcp).await.map_err(|e| refused(&peer, &e))?;
+        stream.get_mut().1.set_buffer_limit(Some(BUFFER_LIMIT));
         let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
         Session::over_named(stream, false, limits, peer.clone(), peer_name).await
     };
@@ -193,3 +195,8 @@ pub(crate) fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
 }
+
+/// Most TLS bytes rustls queues for the socket (its default is 64 KiB). A 64 KiB yamux data
+/// frame and its header, with the records' overhead, fit, so the frame leaves in one write to
+/// the socket instead of two, the second a record of the header's 12 bytes.
+const BUFFER_LIMIT: usize = 68 * 1024;
