@@ -4,7 +4,8 @@
 //! run; `-- tcp`, `-- tls` or `-- quic` for one transport; `-- oneway`, `-- rr`, `-- bulk` or
 //! `-- opens` for some rows; `-- --in-task` runs every row's client side in a spawned task on
 //! a worker thread instead of on the thread that blocks on the runtime (both ends, raw and
-//! libchan, then run on the workers, as in a server).
+//! libchan, then run on the workers, as in a server); `-- --workers N` for N worker threads
+//! instead of 2.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -102,8 +103,14 @@ fn main() {
         .filter(|row| args.iter().any(|a| a == row))
         .collect();
     let rows = if rows.is_empty() { vec!["oneway", "rr", "bulk", "opens"] } else { rows };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let workers = args.iter().position(|a| a == "--workers").map_or(2, |at| {
+        args.get(at + 1).and_then(|n| n.parse().ok()).expect("--workers needs a number")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
     let in_task = args.iter().any(|a| a == "--in-task");
     for net in nets {
         if in_task {
