@@ -75,15 +75,18 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
             client_of(me.clone(), &format!("{} --node node-b", b.url()), LIMIT, &tasks).await;
         let routed =
             client_of(me.clone(), &format!("{} --node node-a", a.url()), LIMIT, &tasks).await;
-        let direct_rate = throughput(&direct, rounds).await;
         let (before_b, before_client) = (Usage::of(b.pid()), Usage::of(std::process::id()));
-        let direct = measure(&direct, rounds).await;
+        let direct_client = direct;
+        let direct = measure(&direct_client, rounds).await;
         let cost_b = Usage::of(b.pid()).since(&before_b);
         let cost_client = Usage::of(std::process::id()).since(&before_client);
-        let routed_rate = throughput(&routed, rounds).await;
         let before = Usage::of(a.pid());
-        let routed = measure(&routed, rounds).await;
+        let routed_client = routed;
+        let routed = measure(&routed_client, rounds).await;
         let cost = Usage::of(a.pid()).since(&before);
+        // After the latency rows, which then start from the same state as before these rows.
+        let direct_rate = throughput(&direct_client, rounds).await;
+        let routed_rate = throughput(&routed_client, rounds).await;
         #[allow(clippy::cast_precision_loss)] // rounds and counts are far below 2^52
         let per = |total: u64| total as f64 / (rounds + rounds / 10) as f64;
         let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
