@@ -358,14 +358,26 @@ struct Half<T> {
 }
 
 impl<T: Unpin> Half<T> {
-    /// Registers the caller's task for its side and returns the inner half and the waker to
-    /// poll it with.
-    fn enter(&mut self, cx: &Context<'_>) -> (Pin<&mut T>, &Waker) {
-        match self.side {
-            Side::Read => self.halves.read.register(cx.waker()),
-            Side::Write => self.halves.write.register(cx.waker()),
+    /// Polls the inner half with the waker of [`Halves`], the caller's task registered for
+    /// its side while the poll is pending. A poll that completes takes the registration back:
+    /// a task that wrote (or read) and went on to other work is not woken by its stream's
+    /// next event for the other side, which would be a spurious wake-up and, on a
+    /// multi-threaded runtime, often another worker woken to run it.
+    fn poll_with<R>(
+        &mut self,
+        cx: &Context<'_>,
+        poll: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R> {
+        let mine = match self.side {
+            Side::Read => &self.halves.read,
+            Side::Write => &self.halves.write,
+        };
+        mine.register(cx.waker());
+        let polled = poll(Pin::new(&mut self.inner), &mut Context::from_waker(&self.waker));
+        if polled.is_ready() {
+            drop(mine.take());
         }
-        (Pin::new(&mut self.inner), &self.waker)
+        polled
     }
 }
 
@@ -375,8 +387,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Half<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let (inner, waker) = self.get_mut().enter(cx);
-        inner.poll_read(&mut Context::from_waker(waker), buf)
+        self.get_mut().poll_with(cx, |inner, cx| inner.poll_read(cx, buf))
     }
 }
 
@@ -386,18 +397,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Half<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let (inner, waker) = self.get_mut().enter(cx);
-        inner.poll_write(&mut Context::from_waker(waker), buf)
+        self.get_mut().poll_with(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (inner, waker) = self.get_mut().enter(cx);
-        inner.poll_flush(&mut Context::from_waker(waker))
+        self.get_mut().poll_with(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (inner, waker) = self.get_mut().enter(cx);
-        inner.poll_shutdown(&mut Context::from_waker(waker))
+        self.get_mut().poll_with(cx, |inner, cx| inner.poll_shutdown(cx))
     }
 }
 
