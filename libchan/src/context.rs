@@ -161,7 +161,7 @@ pub(crate) fn spent_untyped(left: usize, error: Option<String>) {
 /// it over a bound of its own (or otherwise unacceptable): the receiver's `recv` fails with
 /// [`RecvError::Protocol`](crate::RecvError::Protocol) carrying `message`, the channel ends
 /// with CLOSE_ERR (`code`, `message`), and the sender's next send fails with
-/// [`SendFailure::Refused`](crate::SendFailure::Refused) naming them (PROTOCOL.md §5.5). The
+/// [`SendFailure::Refused`](crate::SendFailure::Refused) naming them (PROTOCOL.md §5.4). The
 /// refusal stands even if the deserializer recovers from the error returned here. Outside a
 /// libchan receive (an in-memory pipe does not decode) it only makes the error.
 ///

@@ -173,14 +173,22 @@ mod tests {
     use super::*;
 
     /// A socket that records each write it takes, a vectored one as one write, taking at most
-    /// `room` bytes in all.
+    /// `room` bytes in all; a `broken` one fails every write.
     struct Recorder {
         writes: Vec<Vec<u8>>,
         room: usize,
+        broken: bool,
     }
 
     impl Recorder {
+        fn with_room(room: usize) -> Self {
+            Self { writes: Vec::new(), room, broken: false }
+        }
+
         fn take(&mut self, parts: &[&[u8]]) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             let taken: Vec<u8> = parts.concat().into_iter().take(self.room).collect();
             if taken.is_empty() {
                 return Poll::Pending;
@@ -243,7 +251,7 @@ mod tests {
 
     #[test]
     fn frames_written_and_flushed_leave_in_one_write_when_sent() {
-        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: usize::MAX });
+        let mut socket = Batched::new(Recorder::with_room(usize::MAX));
         let mut cx = Context::from_waker(noop_waker_ref());
         for part in [&b"header-1"[..], b"body-1", b"header-2", b"body-2"] {
             assert!(matches!(write(&mut socket, part), Poll::Ready(Ok(n)) if n == part.len()));
@@ -256,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_large_write_leaves_in_one_write_with_what_was_batched_before_it() {
-        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: usize::MAX });
+        let mut socket = Batched::new(Recorder::with_room(usize::MAX));
         let body = vec![7u8; DIRECT_LEN];
         assert!(write(&mut socket, b"header").is_ready());
         assert!(matches!(write(&mut socket, &body), Poll::Ready(Ok(n)) if n == body.len()));
@@ -267,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_large_write_counts_only_its_own_bytes_when_the_socket_takes_part() {
-        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: 4 });
+        let mut socket = Batched::new(Recorder::with_room(4));
         let body = vec![7u8; DIRECT_LEN];
         assert!(write(&mut socket, b"header").is_ready());
         assert!(write(&mut socket, &body).is_pending(), "the socket took 4 bytes of the batch");
@@ -281,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_waits_for_the_socket() {
-        let mut socket = Batched::new(Recorder { writes: Vec::new(), room: 10 });
+        let mut socket = Batched::new(Recorder::with_room(10));
         let small = vec![1u8; 1024];
         let mut taken = 0;
         while let Poll::Ready(Ok(n)) = write(&mut socket, &small) {
@@ -296,32 +304,7 @@ mod tests {
 
     #[test]
     fn a_failed_send_fails_the_next_flush() {
-        struct Broken;
-        impl AsyncRead for Broken {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                _cx: &mut Context<'_>,
-                _buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                Poll::Pending
-            }
-        }
-        impl AsyncWrite for Broken {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                _cx: &mut Context<'_>,
-                _buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-            }
-            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-        }
-        let mut socket = Batched::new(Broken);
+        let mut socket = Batched::new(Recorder { broken: true, ..Recorder::with_room(usize::MAX) });
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut socket).poll_write(&mut cx, b"frame").is_ready());
         let sent = socket.poll_send(&mut cx);
