@@ -133,7 +133,7 @@ impl<T: Message> Sender<T> {
                 closed: false,
                 refused: None,
                 finish: None,
-                inline: write.is_some(),
+                inline: if write.is_some() { INLINE_RUN } else { 0 },
             }),
             writer: tokio::sync::Mutex::new(write),
             wake: Notify::new(),
@@ -327,10 +327,14 @@ struct SendState {
     refused: Option<(Code, String)>,
     /// Set once the last handle is gone: end the channel, with this error if any.
     finish: Option<Option<CloseErr>>,
-    /// The writer task is waiting with an empty buffer: the next send may write itself,
-    /// saving a task switch on the way to the network. Cleared by that send, so the sends
-    /// after it are batched by the writer until it is idle again.
-    inline: bool,
+    /// How many more sends may write themselves, saving a task switch on the way to the
+    /// network: [`INLINE_RUN`] while the writer task waits with an empty buffer, then one
+    /// less per message the stream took whole. A send the stream did not take whole ends
+    /// the run, and so does its end: the sends after it are batched by the writer until it
+    /// is idle again. So one message at a time (request/response) mostly leaves without the
+    /// writer, and a burst still leaves in batches on transports that take every write
+    /// (QUIC), not only on those that push back (yamux).
+    inline: u8,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -391,11 +395,16 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
                         return Err(SendError::new(value, reason));
                     }
                 };
-                if start == 0 && std::mem::take(&mut state.inline) {
+                // A message the stream took whole leaves the writer idle with nothing to do;
+                // what the stream did not take goes to the writer.
+                let mut wake = start == 0;
+                if start == 0 && state.inline > 0 {
                     write_inline(shared, &mut state.buf);
+                    state.inline = if state.buf.is_empty() { state.inline - 1 } else { 0 };
+                    wake = !state.buf.is_empty();
                 }
                 drop(state);
-                if start == 0 {
+                if wake {
                     shared.wake.notify_one();
                 }
                 committed.run();
@@ -405,6 +414,10 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
         space.await;
     }
 }
+
+/// How many messages in a row a sender writes itself while its writer task is idle (see
+/// `SendState::inline`).
+const INLINE_RUN: u8 = 16;
 
 /// Writes as much of `buf` as the stream takes without waiting, from the sending task.
 /// Whatever is left stays queued for the writer task, in order: the state lock is held and
@@ -502,12 +515,12 @@ async fn write_loop(
                 state.finish = Some(None);
             }
             if !state.buf.is_empty() {
-                state.inline = false;
+                state.inline = 0;
                 Some(state.buf.split().freeze())
             } else if let Some(error) = state.finish.take() {
                 break error;
             } else {
-                state.inline = true;
+                state.inline = INLINE_RUN;
                 None
             }
         };
@@ -534,7 +547,7 @@ async fn write_loop(
             shared.mark_closed();
         }
     };
-    lock(&shared.state).inline = false;
+    lock(&shared.state).inline = 0;
     let Some(mut write) = shared.writer.lock().await.take() else { return };
     if let Some(error) = error {
         let _ = write_frame(&mut write, FrameType::CloseErr, &error.encode()).await;
