@@ -136,13 +136,30 @@ impl<T: Message> Sender<T> {
                 inline: if write.is_some() { INLINE_RUN } else { 0 },
             }),
             writer: tokio::sync::Mutex::new(write),
+            idle: Mutex::new(None),
             wake: Notify::new(),
             space: Notify::new(),
             status,
             handles: AtomicUsize::new(1),
         });
         let in_flight = shared.session.in_flight();
-        tokio::spawn(write_loop(shared.clone(), stream, expect_accept, in_flight));
+        match stream {
+            // A sender decoded with its stream here (a reply channel, mostly) needs no task
+            // until it has something to wait for: see `SendShared::idle`.
+            Arriving::Here(read, permit) if !expect_accept => {
+                let control = Control::new(read, &shared.session, false);
+                *lock(&shared.idle) = Some(Idle { control, permit, in_flight });
+                let starts: Arc<dyn crate::session::Starts> = shared.clone();
+                shared.session.register_idle(ref_id, Arc::downgrade(&starts));
+                // A clean close that began meanwhile found nothing to start.
+                if shared.session.is_closing() {
+                    shared.start_writer();
+                }
+            }
+            stream => {
+                tokio::spawn(write_loop(shared.clone(), stream, expect_accept, in_flight));
+            }
+        }
         Self { inner: SenderInner::Net(shared, PhantomData) }
     }
 
@@ -174,6 +191,7 @@ impl<T: Message> Sender<T> {
         match &self.inner {
             SenderInner::Mem(tx) => tx.closed().await,
             SenderInner::Net(shared, _) => {
+                shared.start_writer();
                 let mut rx = shared.status.subscribe();
                 let _ = rx.wait_for(|s| s.peer_gone || s.finished).await;
             }
@@ -184,7 +202,10 @@ impl<T: Message> Sender<T> {
     pub fn is_closed(&self) -> bool {
         match &self.inner {
             SenderInner::Mem(tx) => tx.is_closed(),
-            SenderInner::Net(shared, _) => lock(&shared.state).closed,
+            SenderInner::Net(shared, _) => {
+                shared.catch_up();
+                lock(&shared.state).closed
+            }
         }
     }
 
@@ -311,6 +332,14 @@ struct SendShared {
     /// The stream's write half, once the stream is there. The writer task holds it while it
     /// writes a batch; a sender finding the writer idle writes through it directly.
     writer: tokio::sync::Mutex<Option<BoxWrite>>,
+    /// What the writer task would start with, while it has not started. A sender decoded
+    /// from a message with its stream already here writes from the sending task while the
+    /// stream takes each message whole, and ends its stream from the task that drops it, so
+    /// a request's reply channel sends its answer and ends without a task of its own, and
+    /// without the thread hand-offs a task's wake-ups cost. The task starts once the sender
+    /// has to wait: a message the stream did not take, `closed`, an error to send, or a
+    /// clean close of the session.
+    idle: Mutex<Option<Idle>>,
     /// Wakes the writer: new bytes, or finishing.
     wake: Notify,
     /// Wakes senders waiting for buffer space.
@@ -337,6 +366,13 @@ struct SendState {
     inline: u8,
 }
 
+/// A sender's stream while its writer task has not started (see `SendShared::idle`).
+struct Idle {
+    control: Control,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_flight: crate::session::InFlight,
+}
+
 #[derive(Clone, Copy, Default)]
 struct Status {
     peer_gone: bool,
@@ -344,13 +380,73 @@ struct Status {
 }
 
 impl SendShared {
-    fn finish(&self, error: Option<CloseErr>) {
+    fn finish(self: &Arc<Self>, error: Option<CloseErr>) {
         let mut state = lock(&self.state);
         if state.finish.is_none() || error.is_some() {
             state.finish = Some(error);
         }
+        if self.finish_inline(&mut state) {
+            return;
+        }
         drop(state);
+        self.start_writer();
         self.wake.notify_one();
+    }
+
+    /// Ends an idle sender's stream from this task when that needs no waiting: nothing
+    /// queued, no error to send, and the stream takes its FIN at once. Its wait for the
+    /// receiver's end of the stream goes to the session (`SessionInner::linger`).
+    fn finish_inline(&self, state: &mut SendState) -> bool {
+        if !matches!(state.finish, Some(None)) || !state.buf.is_empty() || state.closed {
+            return false;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.is_none() {
+            return false;
+        }
+        let Ok(mut writer) = self.writer.try_lock() else { return false };
+        let Some(write) = writer.as_mut() else { return false };
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if !matches!(Pin::new(write).poll_shutdown(&mut cx), Poll::Ready(Ok(()))) {
+            return false;
+        }
+        drop(writer.take());
+        let Some(Idle { mut control, permit, in_flight }) = idle.take() else { return false };
+        drop(idle);
+        state.finish = None;
+        state.inline = 0;
+        self.session.unregister_idle(self.ref_id);
+        self.status.send_modify(|s| s.finished = true);
+        self.session.linger(Box::pin(async move {
+            control.ended().await;
+            drop((permit, in_flight));
+        }));
+        true
+    }
+
+    /// Starts the writer task of an idle sender (see `SendShared::idle`); nothing if it runs.
+    fn start_writer(self: &Arc<Self>) {
+        let Some(Idle { control, permit, in_flight }) = lock(&self.idle).take() else { return };
+        self.session.unregister_idle(self.ref_id);
+        tokio::spawn(run_writer(self.clone(), control, permit, in_flight));
+    }
+
+    /// Reads what an idle sender's receiver sent meanwhile, without waiting: a receiver that
+    /// went away makes the next send fail, as with a writer task watching.
+    fn catch_up(self: &Arc<Self>) {
+        let refusal = {
+            let mut guard = lock(&self.idle);
+            let Some(idle) = guard.as_mut() else { return };
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            let gone = matches!(pin!(idle.control.next()).poll(&mut cx), Poll::Ready(true));
+            if !gone {
+                return;
+            }
+            idle.control.refusal.take()
+        };
+        self.mark_refused(refusal);
+        // The writer ends the stream and waits out the receiver's end.
+        self.start_writer();
     }
 
     fn mark_closed(&self) {
@@ -373,6 +469,7 @@ impl SendShared {
 
 async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), SendError<T>> {
     let limit = shared.session.limits.send_buffer;
+    shared.catch_up();
     loop {
         let mut space = pin!(shared.space.notified());
         space.as_mut().enable();
@@ -405,6 +502,7 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
                 }
                 drop(state);
                 if wake {
+                    shared.start_writer();
                     shared.wake.notify_one();
                 }
                 committed.run();
@@ -482,8 +580,7 @@ async fn write_loop(
     expect_accept: bool,
     in_flight: crate::session::InFlight,
 ) {
-    let mut draining = shared.session.draining();
-    let (read, _permit) = match stream {
+    let (read, permit) = match stream {
         Arriving::Here(read, permit) => (read, permit),
         Arriving::Later(pending) => match pending.resolve().await {
             Ok(RawStream { read, write, permit }) => {
@@ -498,12 +595,18 @@ async fn write_loop(
             }
         },
     };
-    let mut control = Control {
-        reader: FrameReader::new(read, shared.session.decoder()),
-        open: true,
-        accept_pending: expect_accept,
-        refusal: None,
-    };
+    let control = Control::new(read, &shared.session, expect_accept);
+    run_writer(shared, control, permit, in_flight).await;
+}
+
+/// The writer task of a sender whose stream is here (see [`write_loop`]).
+async fn run_writer(
+    shared: Arc<SendShared>,
+    mut control: Control,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_flight: crate::session::InFlight,
+) {
+    let mut draining = shared.session.draining();
     let error = loop {
         let drain = *draining.borrow_and_update();
         let batch = {
@@ -557,12 +660,7 @@ async fn write_loop(
     drop(write);
     // The receiver ends its direction once it has read everything (or went away).
     let timeout = shared.session.limits.drain_timeout;
-    let _ = tokio::time::timeout(timeout, async {
-        while control.open {
-            control.next().await;
-        }
-    })
-    .await;
+    let _ = tokio::time::timeout(timeout, control.ended()).await;
     drop(in_flight);
 }
 
@@ -581,6 +679,18 @@ struct Control {
 }
 
 impl Control {
+    fn new(read: BoxRead, session: &SessionInner, accept_pending: bool) -> Self {
+        let reader = FrameReader::new(read, session.decoder());
+        Self { reader, open: true, accept_pending, refusal: None }
+    }
+
+    /// Waits until the receiving end is gone: it ended its direction, or went away.
+    async fn ended(&mut self) {
+        while self.open {
+            self.next().await;
+        }
+    }
+
     /// Reads one control frame; returns whether the receiving end is gone.
     async fn next(&mut self) -> bool {
         match self.reader.next_frame().await {
@@ -1063,4 +1173,10 @@ pub(crate) fn slot_mut<T>(slot: &mut Arc<Mutex<Option<T>>>) -> Option<&mut T> {
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; carry on with it.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl crate::session::Starts for SendShared {
+    fn start(self: Arc<Self>) {
+        self.start_writer();
+    }
 }

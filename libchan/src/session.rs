@@ -17,7 +17,7 @@ use crate::chan::{Receiver, Sender};
 use crate::context::Export;
 use crate::framed::{read_control, write_frame, FrameReader, ReadError};
 use crate::proto::{Accept, CloseErr, Code, Direction, FrameDecoder, FrameType, Kind, Open};
-use crate::transport::{BoxWrite, Hold, Mux, RawStream};
+use crate::transport::{Arrival, BoxWrite, Hold, InboundRx, Mux, RawStream, Router};
 use crate::{Limits, Message, OpenError};
 
 /// A libchan session over one connection. Either side opens top-level channels with
@@ -68,6 +68,12 @@ pub(crate) struct SessionInner {
     /// Sender streams whose messages the peer has not yet read to the end (or refused), and
     /// handle streams still being opened: what a clean close waits for.
     in_flight: watch::Sender<usize>,
+    /// Senders whose writer task has not started, by reference id: a clean close starts
+    /// them, so that they end their streams.
+    idle_senders: Mutex<HashMap<u64, Weak<dyn Starts>>>,
+    /// Finished senders' waits for their receivers' end of the stream, each with its
+    /// deadline (`drain_timeout`): what a writer task would wait out after its FIN.
+    lingering: Mutex<std::collections::VecDeque<Lingering>>,
     closed: watch::Sender<Option<String>>,
     peer: String,
     peer_name: Option<String>,
@@ -83,7 +89,7 @@ impl Session {
     /// Starts a session on a multiplexer; `dialer` is the side that connected.
     pub(crate) fn start(
         mux: Box<dyn Mux>,
-        inbound: mpsc::Receiver<RawStream>,
+        inbound: InboundRx,
         done: oneshot::Receiver<String>,
         dialer: bool,
         limits: Limits,
@@ -93,7 +99,9 @@ impl Session {
         let (accept_tx, accept_rx) = mpsc::channel(limits.accept_queue);
         let inner = SessionInner::new(mux, dialer, limits, peer);
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(serve_inbound(weak.clone(), inbound, accept_tx, per_side));
+        let taking = Arc::new(Taking { accept_tx, permits: Arc::new(Semaphore::new(per_side)) });
+        inbound.set_router(router(weak.clone(), taking.clone()));
+        tokio::spawn(serve_inbound(weak.clone(), inbound.rx, taking));
         tokio::spawn(heartbeat(inner.clone(), weak.clone()));
         tokio::spawn(expire_pending(weak.clone()));
         tokio::spawn(await_control(weak.clone()));
@@ -279,6 +287,32 @@ impl SessionInner {
         self.draining.subscribe()
     }
 
+    /// Records a sender whose writer task has not started (see [`Starts`]).
+    pub(crate) fn register_idle(&self, ref_id: u64, sender: Weak<dyn Starts>) {
+        lock(&self.idle_senders).insert(ref_id, sender);
+    }
+
+    pub(crate) fn unregister_idle(&self, ref_id: u64) {
+        lock(&self.idle_senders).remove(&ref_id);
+    }
+
+    /// Keeps a finished sender's wait for its receiver's end of the stream (which holds the
+    /// stream, its permit and its share of a clean close's wait) until it resolves, for at
+    /// most `drain_timeout`. No task polls it: waits are checked, without waiting, as later
+    /// ones come and by the periodic sweep, and a clean close runs what is left in a task. So
+    /// a reply channel ends without a task switch, and its stream is let go a request or so
+    /// later, once the peer's end of it has arrived.
+    pub(crate) fn linger(&self, wait: BoxFuture<'static, ()>) {
+        if self.is_closing() {
+            tokio::spawn(tokio::time::timeout(self.limits.drain_timeout, wait));
+            return;
+        }
+        let deadline = Instant::now() + self.limits.drain_timeout;
+        let mut lingering = lock(&self.lingering);
+        reap(&mut lingering, REAP_EACH, None);
+        lingering.push_back(Lingering { wait, deadline });
+    }
+
     /// Counts a stream a clean close must wait for, until the guard is dropped.
     pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
         self.in_flight.send_modify(|n| *n += 1);
@@ -292,6 +326,14 @@ impl SessionInner {
             return;
         }
         self.draining.send_replace(true);
+        // Idle senders end their streams, and lingering waits now run with a task's waker.
+        let idle = std::mem::take(&mut *lock(&self.idle_senders));
+        idle.into_values().filter_map(|sender| sender.upgrade()).for_each(Starts::start);
+        let lingering = std::mem::take(&mut *lock(&self.lingering));
+        if !lingering.is_empty() {
+            let waits = futures::future::join_all(lingering.into_iter().map(|l| l.wait));
+            tokio::spawn(tokio::time::timeout(self.limits.drain_timeout, waits));
+        }
         let mut in_flight = self.in_flight.subscribe();
         let mut closed = self.closed.subscribe();
         let drained = tokio::time::timeout(self.limits.drain_timeout, async {
@@ -517,6 +559,8 @@ impl SessionInner {
             control_seen: watch::channel(false).0,
             retired: Mutex::new(Retired::default()),
             in_flight: watch::channel(0).0,
+            idle_senders: Mutex::new(HashMap::new()),
+            lingering: Mutex::new(std::collections::VecDeque::new()),
             closed: watch::channel(None).0,
             peer: peer.addr,
             peer_name: peer.name,
@@ -637,6 +681,42 @@ impl Started {
     }
 }
 
+/// A sender whose writer task has not started yet; a clean close starts it.
+pub(crate) trait Starts: Send + Sync {
+    fn start(self: Arc<Self>);
+}
+
+/// See [`SessionInner::linger`].
+struct Lingering {
+    wait: BoxFuture<'static, ()>,
+    deadline: Instant,
+}
+
+/// How many lingering waits each new one checks.
+const REAP_EACH: usize = 4;
+
+/// Polls up to `at_most` lingering waits, oldest first, without a waker, and lets go of those
+/// that resolved, and of those past their deadline as of `now`.
+fn reap(
+    lingering: &mut std::collections::VecDeque<Lingering>,
+    at_most: usize,
+    now: Option<Instant>,
+) {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let (mut at, mut checked) = (0, 0);
+    while at < lingering.len() && checked < at_most {
+        checked += 1;
+        let entry = &mut lingering[at];
+        if entry.wait.as_mut().poll(&mut cx).is_ready()
+            || now.is_some_and(|now| entry.deadline <= now)
+        {
+            drop(lingering.remove(at));
+        } else {
+            at += 1;
+        }
+    }
+}
+
 /// Keeps a clean close waiting while it lives (see [`SessionInner::in_flight`]).
 pub(crate) struct InFlight {
     session: Weak<SessionInner>,
@@ -726,73 +806,98 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Takes each peer-opened stream through its OPEN frame. Streams are served side by side
-/// in this one task, so a peer that never writes holds up nothing but its own stream (and
-/// only until `open_timeout`), and a stream whose OPEN is already here is routed without a
-/// task switch.
+/// What taking in a peer-opened stream needs: the accept queue, and the streams a peer may
+/// have open on this side.
+struct Taking {
+    accept_tx: mpsc::Sender<(Open, RawStream)>,
+    permits: Arc<Semaphore>,
+}
+
+/// Takes a stream in from the transport's task as far as that goes without waiting (see
+/// [`crate::transport::Inbound`]).
+fn router(session: Weak<SessionInner>, taking: Arc<Taking>) -> Router {
+    Box::new(move |stream| {
+        let inner = session.upgrade()?;
+        let mut rest: BoxFuture<'static, ()> = Box::pin(take_in(inner, stream, taking.clone()));
+        // What waits is polled again by the inbound task, with its waker, right away.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        rest.as_mut().poll(&mut cx).is_pending().then_some(rest)
+    })
+}
+
+/// Takes the peer-opened streams the router could not finish. Streams are served side by
+/// side in this one task, so a peer that never writes holds up nothing but its own stream
+/// (and only until `open_timeout`).
 async fn serve_inbound(
     session: Weak<SessionInner>,
-    mut inbound: mpsc::Receiver<RawStream>,
-    accept_tx: mpsc::Sender<(Open, RawStream)>,
-    per_side: usize,
+    mut inbound: mpsc::Receiver<Arrival>,
+    taking: Arc<Taking>,
 ) {
     use futures::stream::{FuturesUnordered, StreamExt};
-    let permits = Arc::new(Semaphore::new(per_side));
     let mut opening = FuturesUnordered::new();
     loop {
-        let mut stream = tokio::select! {
+        let arrival = tokio::select! {
             biased;
             Some(()) = opening.next(), if !opening.is_empty() => continue,
-            stream = inbound.recv() => match stream {
-                Some(stream) => stream,
+            arrival = inbound.recv() => match arrival {
+                Some(arrival) => arrival,
                 None => return,
             },
         };
-        let Some(inner) = session.upgrade() else { return };
-        let accept_tx = accept_tx.clone();
-        let permit = permits.clone().try_acquire_owned();
-        opening.push(async move {
-            let limits = &inner.limits;
-            let first = tokio::time::timeout(
-                limits.open_timeout,
-                read_control(&mut stream.read, limits.max_control_len),
-            )
-            .await;
-            let open = match first {
-                Ok(Ok((FrameType::Open, payload))) => match Open::decode(&payload) {
-                    Ok(open) => open,
-                    Err(e) => return refuse(stream, Code::Protocol, &e.to_string(), &inner).await,
-                },
-                Ok(Ok((ty, _))) => {
-                    let why = format!("first frame is {ty:?}, not OPEN");
-                    return refuse(stream, Code::Protocol, &why, &inner).await;
-                }
-                Ok(Err(ReadError::Frame(e))) => {
-                    return refuse(stream, Code::Protocol, &e.to_string(), &inner).await
-                }
-                Ok(Err(ReadError::Io(_))) => return,
-                Err(_) => {
-                    tracing::warn!(peer = %inner.peer, "stream sent no OPEN within the timeout");
-                    return;
-                }
-            };
-            match permit {
-                Ok(permit) => stream.permit = Some(permit),
-                Err(_) => {
-                    let why = format!("over the limit of {per_side} streams per side");
-                    return refuse(stream, Code::TooManyStreams, &why, &inner).await;
-                }
+        match arrival {
+            Arrival::Rest(rest) => opening.push(rest),
+            Arrival::Stream(stream) => {
+                let Some(inner) = session.upgrade() else { return };
+                opening.push(Box::pin(take_in(inner, stream, taking.clone())));
             }
-            route(inner, open, stream, accept_tx).await;
-        });
+        }
     }
+}
+
+/// Takes a peer-opened stream through its OPEN frame, then routes it.
+async fn take_in(inner: Arc<SessionInner>, mut stream: RawStream, taking: Arc<Taking>) {
+    // Counted from its arrival: streams waiting for their OPEN count too.
+    let permit = taking.permits.clone().try_acquire_owned();
+    let limits = &inner.limits;
+    let first = tokio::time::timeout(
+        limits.open_timeout,
+        read_control(&mut stream.read, limits.max_control_len),
+    )
+    .await;
+    let open = match first {
+        Ok(Ok((FrameType::Open, payload))) => match Open::decode(&payload) {
+            Ok(open) => open,
+            Err(e) => return refuse(stream, Code::Protocol, &e.to_string(), &inner).await,
+        },
+        Ok(Ok((ty, _))) => {
+            let why = format!("first frame is {ty:?}, not OPEN");
+            return refuse(stream, Code::Protocol, &why, &inner).await;
+        }
+        Ok(Err(ReadError::Frame(e))) => {
+            return refuse(stream, Code::Protocol, &e.to_string(), &inner).await
+        }
+        Ok(Err(ReadError::Io(_))) => return,
+        Err(_) => {
+            tracing::warn!(peer = %inner.peer, "stream sent no OPEN within the timeout");
+            return;
+        }
+    };
+    match permit {
+        Ok(permit) => stream.permit = Some(permit),
+        Err(_) => {
+            let why =
+                format!("over the limit of {} streams per side", inner.limits.max_streams / 2);
+            return refuse(stream, Code::TooManyStreams, &why, &inner).await;
+        }
+    }
+    route(inner, open, stream, &taking.accept_tx).await;
 }
 
 async fn route(
     inner: Arc<SessionInner>,
     open: Open,
     mut stream: RawStream,
-    accept_tx: mpsc::Sender<(Open, RawStream)>,
+    accept_tx: &mpsc::Sender<(Open, RawStream)>,
 ) {
     if open.ref_id % 2 == inner.parity && open.kind != Kind::Control {
         let why = format!("reference {} has the acceptor's parity", open.ref_id);
@@ -968,6 +1073,15 @@ async fn expire_pending(session: Weak<SessionInner>) {
         tokio::time::sleep((ttl / 4).max(Duration::from_millis(100))).await;
         let Some(inner) = session.upgrade() else { return };
         let now = Instant::now();
+        let finished = {
+            let mut lingering = lock(&inner.lingering);
+            let all = lingering.len();
+            let mut kept = std::mem::take(&mut *lingering);
+            drop(lingering);
+            reap(&mut kept, all, Some(now));
+            kept
+        };
+        lock(&inner.lingering).extend(finished);
         let expired: Vec<(u64, Entry)> = lock(&inner.rendezvous)
             .entries
             .extract_if(|_, entry| match entry {

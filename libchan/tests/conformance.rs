@@ -767,6 +767,76 @@ async fn pipe_sender_shared_with_peer(t: Transport) {
     assert!(far.send(4).await.is_err());
 }
 
+#[derive(Deserialize, Serialize)]
+struct Ask {
+    n: u32,
+    reply: Sender<u32>,
+}
+
+/// A request whose reply sender the right side holds, after it answered once.
+async fn asked(tx: &Sender<Ask>, rx: &mut Receiver<Ask>, n: u32) -> (Sender<u32>, Receiver<u32>) {
+    let (reply, mut answers) = pipe();
+    tx.send(Ask { n, reply }).await.unwrap();
+    let ask = within("the request", rx.recv()).await.unwrap().unwrap();
+    ask.reply.send(ask.n).await.unwrap();
+    assert_eq!(within("the answer", answers.recv()).await.unwrap(), Some(n));
+    (ask.reply, answers)
+}
+
+/// A reply sender that only ever sent without waiting (it has no writer task of its own on a
+/// session) still learns that its receiver went away: a send fails with `Closed` well before
+/// a run of sends would start its task.
+async fn reply_sender_sees_its_receiver_go(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (tx, mut rx) = pair.channel::<Ask>().await;
+    let (reply, answers) = asked(&tx, &mut rx, 1).await;
+    drop(answers);
+    for attempt in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = reply.send(attempt).await {
+            assert!(e.is_closed(), "{e}");
+            return;
+        }
+    }
+    panic!("sends still succeed a second after the receiver went away");
+}
+
+/// A clean close ends the streams of reply senders kept without sending: the receiver gets
+/// the answer and then a clean end, and the close does not wait out `drain_timeout`.
+async fn kept_reply_sender_ends_on_a_clean_close(t: Transport) {
+    let Some((left, right)) = Pair::new(t).await.sessions else { return };
+    let tx = left.open::<Ask>().await.unwrap();
+    let mut rx = within("accept", right.accept::<Ask>()).await.unwrap();
+    let (reply, mut answers) = asked(&tx, &mut rx, 7).await;
+    let started = std::time::Instant::now();
+    let closing = tokio::spawn(async move {
+        right.close(libchan::proto::Code::Ok, "done").await;
+        started.elapsed()
+    });
+    assert_eq!(within("the end after a clean close", answers.recv()).await.unwrap(), None);
+    let took = within("the close", closing).await.unwrap();
+    assert!(took < Duration::from_secs(5), "the close took {took:?}; drain_timeout is 10 s");
+    drop(reply);
+}
+
+/// Reply channels that ended are let go: many more requests than the stream limit, one after
+/// another on one session, each answered and its sender dropped, all get their answers.
+async fn ended_reply_streams_are_let_go(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return;
+    }
+    let mut limits = Limits::default();
+    limits.max_streams = 64;
+    let (left, right) = sessions_with(t, limits).await;
+    let tx = left.open::<Ask>().await.unwrap();
+    let mut rx = within("accept", right.accept::<Ask>()).await.unwrap();
+    for n in 0..640 {
+        let (reply, mut answers) = asked(&tx, &mut rx, n).await;
+        drop(reply);
+        assert_eq!(within("the end of an answer", answers.recv()).await.unwrap(), None);
+    }
+}
+
 macro_rules! conformance {
     ($($transport:ident => $module:ident),*) => {$(
         mod $module {
@@ -810,6 +880,12 @@ macro_rules! conformance {
             async fn byte_stream_finishes_before_a_clean_close() { super::byte_stream_finishes_before_a_clean_close(T).await }
             #[tokio::test]
             async fn pipe_sender_shared_with_peer() { super::pipe_sender_shared_with_peer(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reply_sender_sees_its_receiver_go() { super::reply_sender_sees_its_receiver_go(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kept_reply_sender_ends_on_a_clean_close() { super::kept_reply_sender_ends_on_a_clean_close(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ended_reply_streams_are_let_go() { super::ended_reply_streams_are_let_go(T).await }
         }
     )*};
 }

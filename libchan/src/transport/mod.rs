@@ -13,10 +13,11 @@ pub(crate) mod url;
 pub(crate) mod yamux;
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// The read half of a multiplexed stream.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -48,8 +49,69 @@ pub(crate) struct RawStream {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
-/// What a session needs from a multiplexer. Inbound streams arrive on the channel the
-/// transport hands to `Session::start`.
+/// Where a transport hands over the streams its peer opens. Once the session set its router,
+/// a stream is taken in at once, from the transport's own task (the yamux driver, the QUIC
+/// accept loop), when its first frame is already here: the common case, since the opener
+/// writes OPEN as the stream's first bytes. So a nested stream is paired before the message
+/// naming it is decoded, with no task switch on the way. What the router could not finish at
+/// once goes to the session's inbound task, as do streams that came before the router.
+pub(crate) struct Inbound {
+    tx: mpsc::Sender<Arrival>,
+    router: Arc<OnceLock<Router>>,
+}
+
+/// The session's side of [`Inbound`].
+pub(crate) struct InboundRx {
+    pub rx: mpsc::Receiver<Arrival>,
+    router: Arc<OnceLock<Router>>,
+}
+
+/// A stream for the session's inbound task: still to be taken in, or half way.
+pub(crate) enum Arrival {
+    Stream(RawStream),
+    /// The rest of taking a stream in, which had to wait (for its first frame, or to write).
+    Rest(BoxFuture<'static, ()>),
+}
+
+/// Takes a stream in as far as it can without waiting; returns the rest, if any.
+pub(crate) type Router = Box<dyn Fn(RawStream) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+
+/// An inbound stream channel holding up to `capacity` streams.
+pub(crate) fn inbound(capacity: usize) -> (Inbound, InboundRx) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let router = Arc::new(OnceLock::new());
+    (Inbound { tx, router: router.clone() }, InboundRx { rx, router })
+}
+
+impl Inbound {
+    /// Hands over a stream the peer opened. The channel holds as many streams as the
+    /// transport admits, so it is never full; if it were, dropping the stream resets it.
+    pub(crate) fn deliver(&self, stream: RawStream) {
+        let arrival = match self.router.get() {
+            Some(router) => match router(stream) {
+                Some(rest) => Arrival::Rest(rest),
+                None => return,
+            },
+            None => Arrival::Stream(stream),
+        };
+        let _ = self.tx.try_send(arrival);
+    }
+
+    /// Resolves once the session no longer takes streams.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+impl InboundRx {
+    /// Routes streams delivered from now on through `router` first.
+    pub(crate) fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
+    }
+}
+
+/// What a session needs from a multiplexer. Inbound streams arrive through the [`Inbound`]
+/// the transport hands to `Session::start`.
 pub(crate) trait Mux: Send + Sync + 'static {
     /// Opens an outbound stream. The peer sees it once its first bytes arrive.
     fn open(&self) -> BoxFuture<'static, io::Result<RawStream>>;
@@ -113,8 +175,11 @@ pub mod raw {
                 super::yamux::start(io, dialer, &crate::Limits::default());
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
             tokio::spawn(async move {
-                while let Some(stream) = inbound.recv().await {
-                    let _ = tx.send((stream.read, stream.write)).await;
+                // With no router set, every stream arrives as it is.
+                while let Some(arrival) = inbound.rx.recv().await {
+                    if let Arrival::Stream(stream) = arrival {
+                        let _ = tx.send((stream.read, stream.write)).await;
+                    }
                 }
             });
             Self { mux, inbound: rx }

@@ -261,10 +261,10 @@ fn start(
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok());
     let name = tls.name_peer(chain.as_deref().map(Vec::as_slice));
-    let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
+    let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
     if let Some(first) = first {
-        let _ = inbound_tx.try_send(first);
+        inbound_tx.deliver(first);
     }
     let driver = conn.clone();
     tokio::spawn(async move {
@@ -275,7 +275,7 @@ fn start(
                         let stream = RawStream::quic(send, recv);
                         // QUIC's stream limit (max_streams) bounds what the peer has open, and
                         // the channel holds as many.
-                        let _ = inbound_tx.try_send(stream);
+                        inbound_tx.deliver(stream);
                     }
                     Err(e) => {
                         let _ = done_tx.send(describe(&e));

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::batch::Batched;
 use super::traffic::{Counted, Counters, Traffic};
-use super::{Hold, Mux, RawStream};
+use super::{Hold, Inbound, InboundRx, Mux, RawStream};
 use crate::Limits;
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
@@ -54,19 +54,64 @@ struct Shared<S> {
     driver: Arc<DriverWaker>,
 }
 
-/// Wakes the driver task. `open_now` polls the connection with it: yamux keeps the waker it is
-/// polled with (a closing connection polls its close with it), so a no-op waker there would
-/// take the driver's wake-up, and the driver, and every open waiting on it, would wait forever.
+/// Wakes the driver task: the waker the connection is polled with, by the driver and by
+/// `open_now`. yamux keeps the waker it is polled with (a closing connection polls its close
+/// with it), so a no-op waker in `open_now` would take the driver's wake-up, and the driver,
+/// and every open waiting on it, would wait forever.
+///
+/// A wake that comes while the driver is polling (a frame its own poll queued, or another
+/// task's write meanwhile) does not reschedule the task: the driver polls again before it
+/// returns. A task woken while it runs is put at the back of the run queue, which makes tokio
+/// wake an idle worker thread to take it: a thread switch for every frame the driver itself
+/// queues.
 #[derive(Default)]
-struct DriverWaker(AtomicWaker);
+struct DriverWaker {
+    task: AtomicWaker,
+    /// [`POLLING`] while the driver polls, with [`WOKEN`] once woken meanwhile.
+    state: AtomicU8,
+}
+
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl DriverWaker {
+    /// Marks the start of a poll of the connection.
+    fn polling(&self) {
+        self.state.store(POLLING, Ordering::SeqCst);
+    }
+
+    /// Marks the end of a poll that found nothing more to do; `false` if a wake came
+    /// meanwhile, so there may be: poll again.
+    fn idle(&self) -> bool {
+        self.state.compare_exchange(POLLING, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+}
 
 impl Wake for DriverWaker {
     fn wake(self: Arc<Self>) {
-        self.0.wake();
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.wake();
+        let mut state = self.state.load(Ordering::SeqCst);
+        loop {
+            if state & POLLING == 0 {
+                self.task.wake();
+                return;
+            }
+            if state & WOKEN != 0 {
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | WOKEN,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
+        }
     }
 }
 
@@ -79,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         let opened = conn.poll_new_outbound(&mut cx);
         drop(conn);
         // The driver sends what the open queued, and re-registers its own waker.
-        self.driver.0.wake();
+        self.driver.wake_by_ref();
         match opened {
             Poll::Ready(result) => Some(result.map_err(io::Error::other)),
             Poll::Pending => None,
@@ -93,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
     fn release(&self) {
         // The driver may have skipped a send while held: the last release has it poll again.
         if self.held.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.driver.0.wake();
+            self.driver.wake_by_ref();
         }
     }
 }
@@ -104,7 +149,7 @@ pub(crate) fn start<S>(
     io: S,
     dialer: bool,
     limits: &Limits,
-) -> (YamuxMux, mpsc::Receiver<RawStream>, oneshot::Receiver<String>)
+) -> (YamuxMux, InboundRx, oneshot::Receiver<String>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -131,7 +176,7 @@ where
         driver: Arc::default(),
     });
     let (open_tx, open_rx) = mpsc::channel(64);
-    let (inbound_tx, inbound_rx) = mpsc::channel(limits.max_streams);
+    let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
     let cancel = CancellationToken::new();
     let driver = Driver {
@@ -413,7 +458,7 @@ struct Driver<S> {
     shared: Arc<Shared<S>>,
     open_rx: mpsc::Receiver<OpenReply>,
     pending_open: Option<OpenReply>,
-    inbound_tx: mpsc::Sender<RawStream>,
+    inbound_tx: Inbound,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
     /// Bounds how long a closing connection waits for the peer to close its side.
@@ -425,16 +470,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
         let this = self.get_mut();
-        this.shared.driver.0.register(cx.waker());
-        let shared = this.shared.clone();
+        let wakes = this.shared.driver.clone();
+        wakes.task.register(cx.waker());
+        let waker = Waker::from(wakes.clone());
+        let mut connection_cx = Context::from_waker(&waker);
+        for _ in 0..REPOLLS {
+            wakes.polling();
+            if let Poll::Ready(reason) = this.poll_connection(&mut connection_cx) {
+                wakes.state.store(0, Ordering::SeqCst);
+                return Poll::Ready(reason);
+            }
+            if wakes.idle() {
+                return Poll::Pending;
+            }
+        }
+        // Still woken after as many rounds: let other tasks run first.
+        wakes.state.store(0, Ordering::SeqCst);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// How many times the driver polls its connection again for wakes that came while it
+/// polled, before it yields to other tasks.
+const REPOLLS: usize = 16;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// One poll of the connection, with the driver's own waker (see [`DriverWaker`]).
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<String> {
+        let shared = self.shared.clone();
         // Invariant: nothing panics while holding this lock; a poisoned lock still holds the
         // connection, which then reports its own errors.
         let mut conn = shared.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !this.closing && this.cancelled.as_mut().poll(cx).is_ready() {
-            this.closing = true;
+        if !self.closing && self.cancelled.as_mut().poll(cx).is_ready() {
+            self.closing = true;
         }
-        if this.closing {
-            let linger = this.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        if self.closing {
+            let linger = self.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
             return match conn.poll_close(cx) {
                 Poll::Ready(_) => Poll::Ready("closed locally".into()),
                 Poll::Pending if linger.as_mut().poll(cx).is_ready() => {
@@ -450,9 +522,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             };
         }
         loop {
-            if this.pending_open.is_none() {
-                match this.open_rx.poll_recv(cx) {
-                    Poll::Ready(Some(reply)) => this.pending_open = Some(reply),
+            if self.pending_open.is_none() {
+                match self.open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => self.pending_open = Some(reply),
                     // Every handle is gone: nobody can open streams any more, but inbound
                     // streams may still be served until the session itself closes.
                     Poll::Ready(None) | Poll::Pending => break,
@@ -460,7 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
             match conn.poll_new_outbound(cx) {
                 Poll::Ready(result) => {
-                    if let Some(reply) = this.pending_open.take() {
+                    if let Some(reply) = self.pending_open.take() {
                         let _ = reply.send(result.map_err(io::Error::other));
                     }
                 }
@@ -471,9 +543,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
         loop {
             match conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
-                    // The channel holds max_streams entries and yamux admits no more streams
-                    // than that, so it is never full; if it were, dropping resets the stream.
-                    let _ = this.inbound_tx.try_send(split(stream));
+                    // yamux admits no more streams than the channel holds. Taking the stream
+                    // in may queue its ACCEPT: this poll sends it (see `DriverWaker`).
+                    self.inbound_tx.deliver(split(stream));
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(describe(&e)),
@@ -632,10 +704,13 @@ mod tests {
             // The driver, woken by the write, runs now and finds the connection held.
             tokio::task::yield_now().await;
             drop(outer);
-            let mut arrived = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+            let arrived = tokio::time::timeout(Duration::from_secs(10), inbound.rx.recv())
                 .await
                 .expect("the stream arrives after the release")
                 .expect("the connection is up");
+            let super::super::Arrival::Stream(mut arrived) = arrived else {
+                panic!("no router was set, so streams arrive as they are");
+            };
             let mut got = [0u8; 100];
             tokio::time::timeout(Duration::from_secs(10), arrived.read.read_exact(&mut got))
                 .await
