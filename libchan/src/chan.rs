@@ -148,7 +148,8 @@ impl<T: Message> Sender<T> {
             // until it has something to wait for: see `SendShared::idle`.
             Arriving::Here(read, permit) if !expect_accept => {
                 let control = Control::new(read, &shared.session, false);
-                *lock(&shared.idle) = Some(Idle { control, permit, in_flight });
+                let runtime = tokio::runtime::Handle::current();
+                *lock(&shared.idle) = Some(Idle { control, permit, in_flight, runtime });
                 let starts: Arc<dyn crate::session::Starts> = shared.clone();
                 shared.session.register_idle(ref_id, Arc::downgrade(&starts));
                 // A clean close that began meanwhile found nothing to start.
@@ -371,6 +372,9 @@ struct Idle {
     control: Control,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     in_flight: crate::session::InFlight,
+    /// Where the writer task runs once it starts: the last handle may be dropped, or the
+    /// sender used, outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -411,24 +415,28 @@ impl SendShared {
             return false;
         }
         drop(writer.take());
-        let Some(Idle { mut control, permit, in_flight }) = idle.take() else { return false };
+        let Some(Idle { mut control, permit, in_flight, runtime }) = idle.take() else {
+            return false;
+        };
         drop(idle);
-        state.finish = None;
+        // `finish` stays set: the channel has ended, sends fail.
         state.inline = 0;
         self.session.unregister_idle(self.ref_id);
         self.status.send_modify(|s| s.finished = true);
-        self.session.linger(Box::pin(async move {
+        let wait = Box::pin(async move {
             control.ended().await;
             drop((permit, in_flight));
-        }));
+        });
+        self.session.linger(wait, &runtime);
         true
     }
 
     /// Starts the writer task of an idle sender (see `SendShared::idle`); nothing if it runs.
     fn start_writer(self: &Arc<Self>) {
-        let Some(Idle { control, permit, in_flight }) = lock(&self.idle).take() else { return };
+        let Some(idle) = lock(&self.idle).take() else { return };
         self.session.unregister_idle(self.ref_id);
-        tokio::spawn(run_writer(self.clone(), control, permit, in_flight));
+        let Idle { control, permit, in_flight, runtime } = idle;
+        runtime.spawn(run_writer(self.clone(), control, permit, in_flight));
     }
 
     /// Reads what an idle sender's receiver sent meanwhile, without waiting: a receiver that

@@ -301,10 +301,11 @@ impl SessionInner {
     /// most `drain_timeout`. No task polls it: waits are checked, without waiting, as later
     /// ones come and by the periodic sweep, and a clean close runs what is left in a task. So
     /// a reply channel ends without a task switch, and its stream is let go a request or so
-    /// later, once the peer's end of it has arrived.
-    pub(crate) fn linger(&self, wait: BoxFuture<'static, ()>) {
+    /// later, once the peer's end of it has arrived. Each wait holds a stream the peer
+    /// opened, so there are at most as many as the peer may have open.
+    pub(crate) fn linger(&self, wait: BoxFuture<'static, ()>, runtime: &tokio::runtime::Handle) {
         if self.is_closing() {
-            tokio::spawn(tokio::time::timeout(self.limits.drain_timeout, wait));
+            runtime.spawn(tokio::time::timeout(self.limits.drain_timeout, wait));
             return;
         }
         let deadline = Instant::now() + self.limits.drain_timeout;
