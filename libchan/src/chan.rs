@@ -404,8 +404,8 @@ impl SendShared {
         if !matches!(state.finish, Some(None)) || !state.buf.is_empty() || state.closed {
             return false;
         }
-        let mut idle = lock(&self.idle);
-        if idle.is_none() {
+        let mut slot = lock(&self.idle);
+        if slot.is_none() {
             return false;
         }
         let Ok(mut writer) = self.writer.try_lock() else { return false };
@@ -415,10 +415,11 @@ impl SendShared {
             return false;
         }
         drop(writer.take());
-        let Some(Idle { mut control, permit, in_flight, runtime }) = idle.take() else {
-            return false;
+        // Invariant: checked above, under the same lock.
+        let Some(Idle { mut control, permit, in_flight, runtime }) = slot.take() else {
+            unreachable!("an idle sender lost its stream");
         };
-        drop(idle);
+        drop(slot);
         // `finish` stays set: the channel has ended, sends fail.
         state.inline = 0;
         self.session.unregister_idle(self.ref_id);

@@ -1074,15 +1074,7 @@ async fn expire_pending(session: Weak<SessionInner>) {
         tokio::time::sleep((ttl / 4).max(Duration::from_millis(100))).await;
         let Some(inner) = session.upgrade() else { return };
         let now = Instant::now();
-        let finished = {
-            let mut lingering = lock(&inner.lingering);
-            let all = lingering.len();
-            let mut kept = std::mem::take(&mut *lingering);
-            drop(lingering);
-            reap(&mut kept, all, Some(now));
-            kept
-        };
-        lock(&inner.lingering).extend(finished);
+        reap(&mut lock(&inner.lingering), usize::MAX, Some(now));
         let expired: Vec<(u64, Entry)> = lock(&inner.rendezvous)
             .entries
             .extract_if(|_, entry| match entry {

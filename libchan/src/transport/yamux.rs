@@ -67,7 +67,8 @@ struct Shared<S> {
 #[derive(Default)]
 struct DriverWaker {
     task: AtomicWaker,
-    /// [`POLLING`] while the driver polls, with [`WOKEN`] once woken meanwhile.
+    /// [`POLLING`] while the driver polls, with [`WOKEN`] once woken meanwhile (a wake between
+    /// polls leaves [`WOKEN`] alone, and the next poll clears it).
     state: AtomicU8,
 }
 
@@ -93,24 +94,10 @@ impl Wake for DriverWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut state = self.state.load(Ordering::SeqCst);
-        loop {
-            if state & POLLING == 0 {
-                self.task.wake();
-                return;
-            }
-            if state & WOKEN != 0 {
-                return;
-            }
-            match self.state.compare_exchange_weak(
-                state,
-                state | WOKEN,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return,
-                Err(now) => state = now,
-            }
+        // While the driver polls, the mark makes its `idle` fail; otherwise the next poll's
+        // `polling` clears it.
+        if self.state.fetch_or(WOKEN, Ordering::SeqCst) & POLLING == 0 {
+            self.task.wake();
         }
     }
 }
