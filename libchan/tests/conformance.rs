@@ -256,46 +256,99 @@ async fn request_response(t: Transport) {
 async fn byte_stream_100_mib(t: Transport) {
     let pair = Pair::new(t).await;
     let (tx, mut rx) = pair.channel::<ByteStream>().await;
-    let (mut mine, theirs) = byte_pipe();
+    let (mine, theirs) = byte_pipe();
     tx.send(theirs).await.unwrap();
     const TOTAL: usize = 100 << 20;
-    let writer = tokio::spawn(async move {
-        let mut hash = Sha256::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut seed = 0x9e37_79b9_u32;
-        let mut sent = 0;
-        while sent < TOTAL {
-            for b in chunk.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                *b = seed as u8;
-            }
-            mine.write_all(&chunk).await.unwrap();
-            hash.update(&chunk);
-            sent += chunk.len();
-        }
-        mine.shutdown().await.unwrap();
-        hash.finalize()
-    });
-    let (count, digest) = within("100 MiB byte stream", async {
-        let mut stream = rx.recv().await.unwrap().unwrap();
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut count = 0;
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            count += n;
-        }
-        (count, hash.finalize())
-    })
-    .await;
+    let writer = tokio::spawn(write_pseudorandom(mine, TOTAL, 0x9e37_79b9));
+    let stream = within("the byte stream", rx.recv()).await.unwrap().unwrap();
+    let (count, digest) = within("100 MiB byte stream", read_to_end_hashed(stream)).await;
     assert_eq!(count, TOTAL);
     assert_eq!(digest, writer.await.unwrap(), "checksums differ");
+}
+
+/// Writes `total` pseudo-random bytes (from `seed`) in 64 KiB writes, then shuts down;
+/// returns their SHA-256.
+async fn write_pseudorandom(
+    mut stream: ByteStream,
+    total: usize,
+    mut seed: u32,
+) -> sha2::digest::Output<Sha256> {
+    let mut hash = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        for b in chunk.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *b = seed as u8;
+        }
+        stream.write_all(&chunk).await.unwrap();
+        hash.update(&chunk);
+        sent += chunk.len();
+    }
+    stream.shutdown().await.unwrap();
+    hash.finalize()
+}
+
+/// Reads `stream` to its end in 256 KiB reads: how many bytes, and their SHA-256.
+async fn read_to_end_hashed(mut stream: ByteStream) -> (usize, sha2::digest::Output<Sha256>) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut count = 0;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        count += n;
+    }
+    (count, hash.finalize())
+}
+
+/// Bulk both ways on one session while request/response goes on beside it. Over yamux a
+/// bulk stream's writer sends its frames, and its reader reads the connection, from their own
+/// tasks whenever no other task polls the connection: the reply channels opened meanwhile
+/// arrive in those polls and must still reach the session, and every byte its stream.
+async fn bulk_both_ways_beside_requests(t: Transport) {
+    let pair = Pair::new(t).await;
+    let (there, mut arriving_there) = pair.channel::<ByteStream>().await;
+    let (back, mut arriving_back) = pair.channel_back::<ByteStream>().await;
+    let (requests, mut incoming) = pair.channel::<(u32, Sender<u32>)>().await;
+    const TOTAL: usize = 32 << 20;
+    let (mine, theirs) = byte_pipe();
+    there.send(theirs).await.unwrap();
+    let writing_there = tokio::spawn(write_pseudorandom(mine, TOTAL, 0x2545_f491));
+    let (mine, theirs) = byte_pipe();
+    back.send(theirs).await.unwrap();
+    let writing_back = tokio::spawn(write_pseudorandom(mine, TOTAL, 0x6c07_8965));
+    let stream = within("the stream there", arriving_there.recv()).await.unwrap().unwrap();
+    let reading_there = tokio::spawn(read_to_end_hashed(stream));
+    let stream = within("the stream back", arriving_back.recv()).await.unwrap().unwrap();
+    let reading_back = tokio::spawn(read_to_end_hashed(stream));
+    let server = tokio::spawn(async move {
+        while let Some((n, reply)) = incoming.recv().await.unwrap() {
+            reply.send(n * 3).await.unwrap();
+        }
+    });
+    within("requests beside the bulk", async {
+        for n in 0..300u32 {
+            let (reply, mut answer) = pipe();
+            requests.send((n, reply)).await.unwrap();
+            assert_eq!(answer.recv().await.unwrap(), Some(n * 3), "the answer to {n}");
+            assert_eq!(answer.recv().await.unwrap(), None, "one answer to {n}");
+        }
+    })
+    .await;
+    let (there_read, back_read) = within("both bulk streams", async {
+        (reading_there.await.unwrap(), reading_back.await.unwrap())
+    })
+    .await;
+    assert_eq!(there_read, (TOTAL, writing_there.await.unwrap()), "the stream there");
+    assert_eq!(back_read, (TOTAL, writing_back.await.unwrap()), "the stream back");
+    drop(requests);
+    within("the server's end", server).await.unwrap();
 }
 
 /// A byte stream echoed by the peer, read and written from two tasks at each end
@@ -852,6 +905,8 @@ macro_rules! conformance {
             async fn request_response() { super::request_response(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_stream_100_mib() { super::byte_stream_100_mib(T).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bulk_both_ways_beside_requests() { super::bulk_both_ways_beside_requests(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn byte_pipe_ends_sent() { super::byte_pipe_ends_sent(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

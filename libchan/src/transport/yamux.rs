@@ -1,8 +1,11 @@
-//! yamux over any `AsyncRead + AsyncWrite`: one driver task owns the connection.
+//! yamux over any `AsyncRead + AsyncWrite`: one driver task drives the connection.
 //!
 //! rust-yamux drives all I/O from `poll_next_inbound`, so the driver polls it continuously and
 //! serves open requests from the session in the same task (DESIGN: one driver owns the
-//! connection). Streams cross into tokio's I/O traits through [`YamuxIo`].
+//! connection). The connection sits behind a lock, and a bulk stream's writer or reader that
+//! finds it free polls it from its own task instead of waking the driver (`OpenNow::through`):
+//! over TLS that keeps encryption and decryption in the tasks that write and read, as on a raw
+//! stream. Streams cross into tokio's I/O traits through [`YamuxIo`].
 
 use std::future::Future;
 use std::io;
@@ -42,11 +45,17 @@ trait OpenNow: Send + Sync {
     /// See [`Mux::hold`]; every `hold` is followed by one `release`.
     fn hold(&self);
     fn release(&self);
+    /// Polls the connection from the calling task, unless another task does: runs `op` (a
+    /// stream's write, say) with the connection claimed, so the wake its frame makes is this
+    /// task's to serve, then polls the connection until it has nothing more to do. Frames
+    /// queued leave and frames that came are taken in without the driver task. `false`, with
+    /// `op` not run, when another task holds the connection or it is closing.
+    fn through(&self, op: &mut dyn FnMut()) -> bool;
 }
 
-/// The connection, shared by the driver and callers of `open_now`.
+/// The connection, shared by the driver, callers of `open_now` and large writes.
 struct Shared<S> {
-    conn: Mutex<yamux::Connection<tokio_util::compat::Compat<Batched<Counted<S>>>>>,
+    state: Mutex<State<S>>,
     /// The connection's socket, which the driver sends the frames of each of its polls on.
     socket: Batched<Counted<S>>,
     /// Callers of `Mux::hold` still writing: the driver sends nothing meanwhile.
@@ -54,21 +63,52 @@ struct Shared<S> {
     driver: Arc<DriverWaker>,
 }
 
-/// Wakes the driver task: the waker the connection is polled with, by the driver and by
-/// `open_now`. yamux keeps the waker it is polled with (a closing connection polls its close
-/// with it), so a no-op waker in `open_now` would take the driver's wake-up, and the driver,
-/// and every open waiting on it, would wait forever.
+/// The connection and what polling it needs, for whichever task polls it.
+struct State<S> {
+    conn: yamux::Connection<tokio_util::compat::Compat<Batched<Counted<S>>>>,
+    open_rx: mpsc::Receiver<OpenReply>,
+    pending_open: Option<OpenReply>,
+    /// Gone once the connection has ended, so the session's inbound task ends too.
+    inbound_tx: Option<Inbound>,
+    /// Streams the peer opened that arrived while a writer polled the connection: the driver
+    /// hands them over, so the session's code runs only in the driver's task.
+    arrived: Vec<yamux::Stream>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+    /// Bounds how long a closing connection waits for the peer to close its side.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Why the connection ended, once a writer's poll found it ended; the driver reports it.
+    ended: Option<String>,
+}
+
+/// Who polls the connection.
+#[derive(Clone, Copy)]
+enum Poller<'a> {
+    /// The driver task: everything, the close included. It hands the streams that arrive
+    /// over to the session, with this handle on the connection in them.
+    Driver(&'a Arc<dyn OpenNow>),
+    /// Another task, through [`OpenNow::through`]: frames in and out, while the connection
+    /// is not closing; it leaves the rest to the driver.
+    Writer,
+}
+
+/// Wakes the driver task: the waker the connection is polled with, by the driver, by
+/// `open_now` and by bulk streams polling it themselves (`through`). yamux keeps the waker it
+/// is polled with (a closing connection polls its close with it), so a no-op waker in
+/// `open_now` would take the driver's wake-up, and the driver, and every open waiting on it,
+/// would wait forever.
 ///
-/// A wake that comes while the driver is polling (a frame its own poll queued, or another
-/// task's write meanwhile) does not reschedule the task: the driver polls again before it
-/// returns. A task woken while it runs is put at the back of the run queue, which makes tokio
-/// wake an idle worker thread to take it: a thread switch for every frame the driver itself
-/// queues.
+/// A wake that comes while the connection is polled (a frame the poll queued, or another
+/// task's write meanwhile) does not reschedule the driver task: whoever polls polls again
+/// before it lets go of the connection. A task woken while it runs is put at the back of the
+/// run queue, which makes tokio wake an idle worker thread to take it: a thread switch for
+/// every frame the driver itself queues.
 #[derive(Default)]
 struct DriverWaker {
     task: AtomicWaker,
-    /// [`POLLING`] while the driver polls, with [`WOKEN`] once woken meanwhile (a wake between
-    /// polls leaves [`WOKEN`] alone, and the next poll clears it).
+    /// [`POLLING`] while a task polls the connection, with [`WOKEN`] once woken meanwhile (a
+    /// wake between polls leaves [`WOKEN`] alone, and the next poll clears it). Only the
+    /// task holding the connection's lock sets [`POLLING`].
     state: AtomicU8,
 }
 
@@ -104,12 +144,12 @@ impl Wake for DriverWaker {
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>> {
-        let mut conn = self.conn.try_lock().ok()?;
+        let mut state = self.try_state()?;
         let waker = Waker::from(self.driver.clone());
         let mut cx = Context::from_waker(&waker);
         // Opening an outbound stream writes nothing: nothing enters the socket's batch here.
-        let opened = conn.poll_new_outbound(&mut cx);
-        drop(conn);
+        let opened = state.conn.poll_new_outbound(&mut cx);
+        drop(state);
         // The driver sends what the open queued, and re-registers its own waker.
         self.driver.wake_by_ref();
         match opened {
@@ -128,6 +168,91 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
             self.driver.wake_by_ref();
         }
     }
+
+    fn through(&self, op: &mut dyn FnMut()) -> bool {
+        let Some(mut state) = self.try_state() else {
+            return false;
+        };
+        if state.closing || state.ended.is_some() {
+            return false;
+        }
+        self.driver.polling();
+        op();
+        let rounds = self.run(&mut state, Poller::Writer);
+        let driver_needed = match rounds {
+            Rounds::Idle => !state.arrived.is_empty(),
+            Rounds::Busy | Rounds::Deferred => true,
+            Rounds::Ended(reason) => {
+                state.ended = Some(reason);
+                true
+            }
+        };
+        drop(state);
+        if driver_needed {
+            self.driver.task.wake();
+        }
+        true
+    }
+}
+
+/// How a run of polls of the connection ended.
+enum Rounds {
+    /// The last poll found nothing more to do.
+    Idle,
+    /// Still woken after [`REPOLLS`] polls.
+    Busy,
+    /// A writer found work that is the driver's (the connection closing).
+    Deferred,
+    /// The connection has ended, for this reason.
+    Ended(String),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
+    /// The connection, unless another task holds it. Invariant: nothing panics while holding
+    /// this lock; a poisoned lock still holds the connection, which then reports its own
+    /// errors.
+    fn try_state(&self) -> Option<std::sync::MutexGuard<'_, State<S>>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Polls the connection until a poll finds nothing more to do, or [`REPOLLS`] times.
+    fn run(&self, state: &mut State<S>, poller: Poller<'_>) -> Rounds {
+        let waker = Waker::from(self.driver.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..REPOLLS {
+            self.driver.polling();
+            let polled = state.poll_connection(self, &mut cx, poller);
+            if let Poller::Driver(through) = poller {
+                // Taking a stream in may queue its ACCEPT: the next round sends it (see
+                // `DriverWaker`). yamux admits no more streams than the channel holds.
+                if let Some(inbound_tx) = &state.inbound_tx {
+                    for stream in state.arrived.drain(..) {
+                        inbound_tx.deliver(split(stream, through.clone()));
+                    }
+                }
+            }
+            match polled {
+                Poll::Ready(Some(reason)) => {
+                    self.driver.state.store(0, Ordering::SeqCst);
+                    return Rounds::Ended(reason);
+                }
+                Poll::Ready(None) => {
+                    self.driver.state.store(0, Ordering::SeqCst);
+                    return Rounds::Deferred;
+                }
+                Poll::Pending => {}
+            }
+            if self.driver.idle() {
+                return Rounds::Idle;
+            }
+        }
+        self.driver.state.store(0, Ordering::SeqCst);
+        Rounds::Busy
+    }
 }
 
 /// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
@@ -141,8 +266,9 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let mut config = yamux::Config::default();
-    // Each stream gets at least the yamux default window of 256 KiB; the connection window
-    // bounds what a peer can make us buffer in total.
+    // Each stream gets at least the yamux default window of 256 KiB, and busy streams may
+    // grow theirs into `window_growth` on top; the connection window bounds what a peer can
+    // make us buffer in total.
     // rust-yamux drops the whole connection when a peer goes over its stream limit, so that
     // limit sits above what the session admits: each side opens at most half of max_streams
     // and refuses the peer's excess with ACCEPT, and a few streams (control, refusals in
@@ -151,30 +277,34 @@ where
     // yamux asserts window >= streams * 256 KiB on each setter: lift the window first.
     config.set_max_connection_receive_window(None);
     config.set_max_num_streams(yamux_streams);
-    config.set_max_connection_receive_window(Some(yamux_streams * 256 * 1024));
+    let window = yamux_streams * 256 * 1024 + limits.window_growth;
+    config.set_max_connection_receive_window(Some(window));
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
     let socket = Batched::new(Counted::new(io, counters.clone()));
-    let shared = Arc::new(Shared {
-        conn: Mutex::new(yamux::Connection::new(socket.handle().compat(), config, mode)),
-        socket,
-        held: AtomicUsize::new(0),
-        driver: Arc::default(),
-    });
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
     let cancel = CancellationToken::new();
-    let driver = Driver {
-        shared: shared.clone(),
+    let state = State {
+        conn: yamux::Connection::new(socket.handle().compat(), config, mode),
         open_rx,
         pending_open: None,
-        inbound_tx,
+        inbound_tx: Some(inbound_tx),
+        arrived: Vec::new(),
         cancelled: Box::pin(cancel.clone().cancelled_owned()),
         closing: false,
         linger: None,
+        ended: None,
     };
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        socket,
+        held: AtomicUsize::new(0),
+        driver: Arc::default(),
+    });
+    let driver = Driver { shared: shared.clone(), through: shared.clone() };
     tokio::spawn(async move {
         let reason = driver.await;
         tracing::debug!(%reason, "yamux connection ended");
@@ -186,6 +316,7 @@ where
 impl Mux for YamuxMux {
     fn open(&self) -> BoxFuture<'static, io::Result<RawStream>> {
         let open_tx = self.open_tx.clone();
+        let through = self.now.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             // Bounded: an open must not wait forever on a driver that does not answer.
@@ -197,12 +328,12 @@ impl Mux for YamuxMux {
                 let waited = OPEN_WAIT.as_secs();
                 io::Error::new(io::ErrorKind::TimedOut, format!("no stream within {waited} s"))
             })??;
-            Ok(split(stream))
+            Ok(split(stream, through))
         })
     }
 
     fn try_open(&self) -> Option<io::Result<RawStream>> {
-        Some(self.now.open_now()?.map(split))
+        Some(self.now.open_now()?.map(|stream| split(stream, self.now.clone())))
     }
 
     fn hold(&self) -> Option<Hold> {
@@ -243,10 +374,11 @@ fn driver_gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the connection has ended")
 }
 
-fn split(stream: yamux::Stream) -> RawStream {
+fn split(stream: yamux::Stream, through: Arc<dyn OpenNow>) -> RawStream {
     let reset = stream.reset_handle();
-    let (read, write) = split_halves(YamuxIo { stream, pending: None });
-    RawStream { read: Box::new(read), write: Box::new(YamuxWrite { write, reset }), permit: None }
+    let (read, write) = split_halves(YamuxIo { stream, pending: None, through, bulk: false });
+    let write = YamuxWrite { write, reset };
+    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
 }
 
 /// A yamux stream with tokio's I/O traits. Reads take the chunks yamux received as they are
@@ -258,6 +390,22 @@ struct YamuxIo {
     stream: yamux::Stream,
     /// A chunk partly copied out, and how much of it was.
     pending: Option<(yamux::Packet, usize)>,
+    /// The connection, for bulk reads and writes to poll themselves (see
+    /// [`OpenNow::through`]).
+    through: Arc<dyn OpenNow>,
+    /// The last chunk received was large: the stream carries a bulk transfer, so a read that
+    /// finds nothing buffered reads the connection itself.
+    bulk: bool,
+}
+
+impl YamuxIo {
+    fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<yamux::Packet>>> {
+        let polled = futures::Stream::poll_next(Pin::new(&mut self.stream), cx);
+        if polled.is_pending() && self.bulk && self.through.through(&mut || {}) {
+            return futures::Stream::poll_next(Pin::new(&mut self.stream), cx);
+        }
+        polled
+    }
 }
 
 impl AsyncRead for YamuxIo {
@@ -280,9 +428,12 @@ impl AsyncRead for YamuxIo {
                 }
                 return Poll::Ready(Ok(()));
             }
-            match std::task::ready!(futures::Stream::poll_next(Pin::new(&mut self.stream), cx)) {
+            match std::task::ready!(self.poll_packet(cx)) {
                 Some(Ok(packet)) if packet.as_ref().is_empty() => {}
-                Some(Ok(packet)) => self.pending = Some((packet, 0)),
+                Some(Ok(packet)) => {
+                    self.bulk = packet.as_ref().len() >= THROUGH;
+                    self.pending = Some((packet, 0));
+                }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => return Poll::Ready(Ok(())),
             }
@@ -296,7 +447,19 @@ impl AsyncWrite for YamuxIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        futures::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf)
+        if buf.len() < THROUGH {
+            return futures::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf);
+        }
+        let this = &mut *self;
+        let stream = &mut this.stream;
+        let mut written = Poll::Pending;
+        let claimed = this.through.through(&mut || {
+            written = futures::AsyncWrite::poll_write(Pin::new(&mut *stream), cx, buf);
+        });
+        if !claimed {
+            return futures::AsyncWrite::poll_write(Pin::new(&mut this.stream), cx, buf);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -441,64 +604,87 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Half<T> {
     }
 }
 
+/// The task that polls the connection whenever no other task does.
 struct Driver<S> {
     shared: Arc<Shared<S>>,
-    open_rx: mpsc::Receiver<OpenReply>,
-    pending_open: Option<OpenReply>,
-    inbound_tx: Inbound,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
-    closing: bool,
-    /// Bounds how long a closing connection waits for the peer to close its side.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The same, as the streams keep it.
+    through: Arc<dyn OpenNow>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     type Output = String;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
-        let this = self.get_mut();
-        let wakes = this.shared.driver.clone();
+        let shared = &self.shared;
+        let wakes = &shared.driver;
         wakes.task.register(cx.waker());
-        let waker = Waker::from(wakes.clone());
-        let mut connection_cx = Context::from_waker(&waker);
-        for _ in 0..REPOLLS {
-            wakes.polling();
-            if let Poll::Ready(reason) = this.poll_connection(&mut connection_cx) {
-                wakes.state.store(0, Ordering::SeqCst);
-                return Poll::Ready(reason);
+        let Some(mut state) = shared.try_state() else {
+            // A writer (or an open) holds the connection. A writer still polling sees this
+            // wake and polls again; otherwise it is about to let go: try again then.
+            if wakes.state.fetch_or(WOKEN, Ordering::SeqCst) & POLLING == 0 {
+                cx.waker().wake_by_ref();
             }
-            if wakes.idle() {
-                return Poll::Pending;
+            return Poll::Pending;
+        };
+        let rounds = match &state.ended {
+            Some(reason) => Rounds::Ended(reason.clone()),
+            None => shared.run(&mut state, Poller::Driver(&self.through)),
+        };
+        match rounds {
+            Rounds::Ended(reason) => {
+                state.end(&reason);
+                Poll::Ready(reason)
+            }
+            Rounds::Idle | Rounds::Deferred => Poll::Pending,
+            Rounds::Busy => {
+                // Still woken after as many rounds: let other tasks run first.
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
         }
-        // Still woken after as many rounds: let other tasks run first.
-        wakes.state.store(0, Ordering::SeqCst);
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
-/// How many times the driver polls its connection again for wakes that came while it
-/// polled, before it yields to other tasks.
+/// How many times the connection is polled again for wakes that came while it was polled,
+/// before its poller yields to other tasks.
 const REPOLLS: usize = 16;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
-    /// One poll of the connection, with the driver's own waker (see [`DriverWaker`]).
-    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<String> {
-        let shared = self.shared.clone();
-        // Invariant: nothing panics while holding this lock; a poisoned lock still holds the
-        // connection, which then reports its own errors.
-        let mut conn = shared.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
+    /// Lets go of what the connection served once it has ended: opens waiting fail at once,
+    /// and the session's inbound task ends.
+    fn end(&mut self, reason: &str) {
+        self.ended = Some(reason.to_owned());
+        self.open_rx.close();
+        while self.open_rx.try_recv().is_ok() {}
+        self.pending_open = None;
+        self.inbound_tx = None;
+        self.arrived.clear();
+    }
+
+    /// One poll of the connection, with the driver's waker (see [`DriverWaker`]).
+    /// `Ready(Some(reason))` once the connection has ended; `Ready(None)` when a writer
+    /// leaves the rest to the driver.
+    fn poll_connection(
+        &mut self,
+        shared: &Shared<S>,
+        cx: &mut Context<'_>,
+        poller: Poller<'_>,
+    ) -> Poll<Option<String>> {
         if !self.closing && self.cancelled.as_mut().poll(cx).is_ready() {
             self.closing = true;
         }
         if self.closing {
+            if let Poller::Writer = poller {
+                return Poll::Ready(None);
+            }
             let linger = self.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
-            return match conn.poll_close(cx) {
-                Poll::Ready(_) => Poll::Ready("closed locally".into()),
+            return match self.conn.poll_close(cx) {
+                Poll::Ready(_) => Poll::Ready(Some("closed locally".into())),
                 Poll::Pending if linger.as_mut().poll(cx).is_ready() => {
-                    conn.abort();
-                    Poll::Ready("closed locally; the peer did not close its side in time".into())
+                    self.conn.abort();
+                    Poll::Ready(Some(
+                        "closed locally; the peer did not close its side in time".into(),
+                    ))
                 }
                 Poll::Pending => {
                     // Closing writes yamux's last frames, and sends them when it shuts the
@@ -517,7 +703,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     Poll::Ready(None) | Poll::Pending => break,
                 }
             }
-            match conn.poll_new_outbound(cx) {
+            match self.conn.poll_new_outbound(cx) {
                 Poll::Ready(result) => {
                     if let Some(reply) = self.pending_open.take() {
                         let _ = reply.send(result.map_err(io::Error::other));
@@ -528,19 +714,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         let mut failed = None;
         loop {
-            match conn.poll_next_inbound(cx) {
+            match self.conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
-                    // yamux admits no more streams than the channel holds. Taking the stream
-                    // in may queue its ACCEPT: this poll sends it (see `DriverWaker`).
-                    self.inbound_tx.deliver(split(stream));
+                    // Handed over after this poll, by the driver (see `arrived`).
+                    self.arrived.push(stream);
                     continue;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(describe(&e)),
-                Poll::Ready(None) => return Poll::Ready("connection closed by peer".into()),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(describe(&e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Some("connection closed by peer".into()));
+                }
                 Poll::Pending => {}
             }
             if let Some(reason) = failed {
-                return Poll::Ready(reason);
+                return Poll::Ready(Some(reason));
             }
             if shared.held.load(Ordering::SeqCst) > 0 {
                 // A sender is writing frames that belong with these; its release wakes us.
@@ -549,8 +736,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 return Poll::Pending;
             }
             // Every frame yamux wrote in this poll leaves in one write. A socket that cannot
-            // take it all wakes this task when it can. A failed send fails yamux's next flush,
-            // so polling the connection once more ends it and fails its streams.
+            // take it all wakes the driver when it can. A failed send fails yamux's next
+            // flush, so polling the connection once more ends it and fails its streams.
             match shared.socket.poll_send(cx) {
                 Poll::Ready(Err(e)) => failed = Some(e.to_string()),
                 Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
@@ -577,6 +764,13 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long an open waits for the driver to open its stream (yamux holds opens back while 256
 /// of this side's streams are not yet acknowledged by the peer).
 const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Writes of at least this many bytes send their frames from the writing task, and a stream
+/// whose last chunk was this large reads the connection from its reading task when it has
+/// nothing buffered (see [`OpenNow::through`]). Smaller writes leave it to the driver, which
+/// sends what several streams wrote meanwhile in one write; a message stream's reader waits
+/// for the driver.
+const THROUGH: usize = 16 * 1024;
 
 /// Streams yamux admits beyond the session's own limit.
 const YAMUX_MARGIN: usize = 64;

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod chunks;
+mod pool;
 mod error;
 mod frame;
 

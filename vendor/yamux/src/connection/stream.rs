@@ -249,6 +249,12 @@ impl Stream {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Packet(Vec<u8>);
 
+impl Drop for Packet {
+    fn drop(&mut self) {
+        crate::pool::POOL.give(std::mem::take(&mut self.0));
+    }
+}
+
 impl AsRef<[u8]> for Packet {
     fn as_ref(&self) -> &[u8] {
         self.0.as_ref()
@@ -338,6 +344,11 @@ impl AsyncRead for Stream {
             buf[n..n + k].copy_from_slice(&chunk.as_ref()[..k]);
             n += k;
             chunk.advance(k);
+            if chunk.is_empty() {
+                if let Some(chunk) = shared.buffer.pop() {
+                    crate::pool::POOL.give(chunk.into_vec());
+                }
+            }
             if n == buf.len() {
                 break;
             }
@@ -391,7 +402,7 @@ impl AsyncWrite for Stream {
             shared
                 .consume_send_window(k as u32)
                 .expect("not exceed receive window");
-            Vec::from(&buf[..k])
+            crate::pool::POOL.copy(&buf[..k])
         };
         let n = body.len();
         let mut frame = Frame::data(self.id, body).expect("body <= u32::MAX").left();

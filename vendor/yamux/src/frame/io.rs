@@ -149,6 +149,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Frame<()>> for Io<T> {
                         }
 
                         if *offset == buffer.len() {
+                            crate::pool::POOL.give(std::mem::take(buffer));
                             this.write_state = WriteState::Init;
                         }
                     }
@@ -245,7 +246,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Io<T> {
                         this.read_state = ReadState::Body {
                             header,
                             offset: 0,
-                            buffer: vec![0; body_len],
+                            buffer: crate::pool::POOL.take(body_len),
                         };
 
                         continue;
