@@ -46,8 +46,10 @@ async fn run(rounds: usize, only: &[String], threads: Option<&str>) {
     let me = swarm.identity("bench-client");
     let flags: Vec<String> =
         threads.map(|n| vec!["--threads".to_owned(), n.to_owned()]).unwrap_or_default();
-    let on = threads
-        .map_or_else(|| "one worker thread per core".to_owned(), |n| format!("--threads {n}"));
+    let on = threads.map_or_else(
+        || "the default of one worker thread".to_owned(),
+        |n| format!("--threads {n}"),
+    );
     println!("routing hop, {rounds} sequential Ls round trips per path (simulator with 3 names), nodes on {on}");
     println!("| transport | direct p50 (us) | direct p99 (us) | via A p50 (us) | via A p99 (us) | p50 ratio | A CPU per request (us) | A switches per request | B CPU per direct request (us) | client CPU per direct request (us) | direct, {IN_FLIGHT} in flight (req/s) | via A, {IN_FLIGHT} in flight (req/s) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -64,8 +64,9 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
 
-    /// Worker threads: 1 runs the node on one thread (least CPU and latency per request),
-    /// more spread it over that many cores. Default: one per core.
+    /// Worker threads. Default: 1, the node on one thread, where no task moves between cores:
+    /// the least CPU and latency per request. More spread the node over that many cores, for
+    /// a node whose load needs more than one.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
@@ -142,16 +143,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A runtime with `threads` workers: on the calling thread for one, one per core for `None`.
+/// A runtime with `threads` workers: on the calling thread for one (the default, `None`).
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        None | Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(threads) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(threads);
             builder
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build()
 }

@@ -37,7 +37,7 @@ pub struct Config {
     pub start_timeout: Option<u64>,
     /// Seconds shutdown may take: draining requests in flight, then stopping the stages.
     pub shutdown_timeout: Option<u64>,
-    /// Worker threads (at least 1); default one per core.
+    /// Worker threads (at least 1); default 1.
     pub threads: Option<u16>,
     /// A file to write once every stage started: one `listening URL` line per listen stage,
     /// then `metrics ADDR` if metrics are served.

@@ -25,7 +25,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Where to say that the node is ready.
     pub ready_file: Option<PathBuf>,
-    /// Worker threads; `None`: one per core.
+    /// Worker threads; `None`: one.
     pub threads: Option<usize>,
 }
 
