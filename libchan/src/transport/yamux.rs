@@ -257,10 +257,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
 /// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
 /// with the reason once the connection is gone.
+/// `read_ahead`: `io` is a plain socket (see `batch::ReadAhead`).
 pub(crate) fn start<S>(
     io: S,
     dialer: bool,
     limits: &Limits,
+    read_ahead: bool,
 ) -> (YamuxMux, InboundRx, oneshot::Receiver<String>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -282,7 +284,7 @@ where
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
-    let socket = Batched::new(Counted::new(io, counters.clone()));
+    let socket = Batched::new(Counted::new(io, counters.clone()), read_ahead);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
@@ -871,8 +873,8 @@ mod tests {
     async fn writes_made_while_held_leave_on_release() {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let limits = Limits::default();
-        let (dialer, _, _done_a) = start(a, true, &limits);
-        let (_listener, mut inbound, _done_b) = start(b, false, &limits);
+        let (dialer, _, _done_a) = start(a, true, &limits, true);
+        let (_listener, mut inbound, _done_b) = start(b, false, &limits, true);
         for round in 0..50u8 {
             let outer = dialer.hold().expect("yamux can hold");
             let inner = dialer.hold().expect("yamux can hold");

@@ -407,14 +407,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Active<T> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Stream>> {
+        // Patched for libchan (PATCHES.md): the ping is due at most once per poll, so its
+        // clock read and lock are not paid on every frame of the loop.
+        let mut ping_checked = false;
         loop {
             if self.socket.poll_ready_unpin(cx).is_ready() {
                 // Note `next_ping` does not register a waker and thus if not called regularly (idle
                 // connection) no ping is sent. This is deliberate as an idle connection does not
                 // need RTT measurements to increase its stream receive window.
-                if let Some(frame) = self.rtt.next_ping() {
-                    self.socket.start_send_unpin(frame.into())?;
-                    continue;
+                if !ping_checked {
+                    ping_checked = true;
+                    if let Some(frame) = self.rtt.next_ping() {
+                        self.socket.start_send_unpin(frame.into())?;
+                        continue;
+                    }
                 }
 
                 // Privilege pending `Pong` and `GoAway` `Frame`s
