@@ -31,7 +31,8 @@ pub struct Limits {
     /// Streams open at once on a session, both sides together; each side may open half.
     /// Default: 1024. Worst-case receive buffering is one multiplexer window per stream (256
     /// KiB on yamux, 2 MiB on QUIC, whose session receive window is 16 MiB), plus
-    /// `window_growth` on yamux.
+    /// `window_growth` on yamux; yamux holds a body of 56 to 64 KiB in a 64 KiB block, at most
+    /// 8/7 of what it carries.
     pub max_streams: usize,
     /// On yamux sessions (`tcp://`, `unix://`, `tls://`): how far, all streams together, the
     /// receive windows of busy streams may grow beyond the 256 KiB each stream has. A

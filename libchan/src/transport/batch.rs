@@ -3,8 +3,9 @@
 //! rust-yamux writes every frame as two writes (its 12-byte header, then the body) and flushes
 //! after each frame. Straight on a socket that is a system call per write, and over rustls a TLS
 //! record per write as well. [`Batched`] gathers those writes in one buffer and treats yamux's
-//! flushes as no-ops; the yamux driver writes the buffer out with [`Batched::poll_send`] at the
-//! end of each of its polls, so every frame yamux produced in one poll leaves in one write. A
+//! flushes as no-ops; whoever polls the connection (the driver, or a bulk stream from its own
+//! task) writes the buffer out with [`Batched::poll_send`] at the end of each poll, so every
+//! frame yamux produced in one poll leaves in one write. A
 //! large body leaves in one vectored write with the batch before it (its header, at least):
 //! over rustls header and body then fill full TLS records together.
 
@@ -15,9 +16,9 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A socket shared by the yamux connection (which reads and writes it) and the driver (which
-/// sends what the connection wrote). Both only touch it while holding the connection's lock,
-/// so its own lock is never contended.
+/// A socket shared by the yamux connection (which reads and writes it) and whoever polls the
+/// connection (which sends what the connection wrote). Both only touch it while holding the
+/// connection's lock, so its own lock is never contended.
 pub(crate) struct Batched<S> {
     inner: Arc<Mutex<Inner<S>>>,
 }
@@ -432,5 +433,19 @@ mod tests {
         assert_eq!(read(&mut socket, 12).len(), 12);
         assert_eq!(read(&mut socket, 40).len(), 40);
         assert_eq!(asked(&socket), [12, 40]);
+    }
+
+    /// What was read ahead comes before a large read's bytes, and the end of the stream only
+    /// after it.
+    #[test]
+    fn bytes_read_ahead_come_first_and_the_end_last() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(READ_AHEAD + 100).collect();
+        let mut socket = Batched::new(Source { data: data.clone(), asked: Vec::new() }, true);
+        let mut got = read(&mut socket, 12);
+        got.extend(read(&mut socket, 2 * READ_AHEAD));
+        assert_eq!(got.len(), READ_AHEAD, "the large read takes what was read ahead");
+        got.extend(read(&mut socket, 2 * READ_AHEAD));
+        assert_eq!(got, data, "then the rest, in order");
+        assert!(read(&mut socket, 12).is_empty(), "then the end");
     }
 }

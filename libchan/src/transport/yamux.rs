@@ -1,16 +1,18 @@
-//! yamux over any `AsyncRead + AsyncWrite`: one driver task drives the connection.
+//! yamux over any `AsyncRead + AsyncWrite`: a driver task keeps the connection polled.
 //!
 //! rust-yamux drives all I/O from `poll_next_inbound`, so the driver polls it continuously and
 //! serves open requests from the session in the same task (DESIGN: one driver owns the
+//! connection; it still does, and it alone hands inbound streams to the session and closes the
 //! connection). The connection sits behind a lock, and a bulk stream's writer or reader that
 //! finds it free polls it from its own task instead of waking the driver (`OpenNow::through`):
 //! over TLS that keeps encryption and decryption in the tasks that write and read, as on a raw
-//! stream. Streams cross into tokio's I/O traits through [`YamuxIo`].
+//! stream. Streams cross into tokio's I/O traits through [`YamuxIo`], [`YamuxRead`] and
+//! [`YamuxWrite`].
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -37,9 +39,9 @@ pub(crate) struct YamuxMux {
     counters: Arc<Counters>,
 }
 
-/// Opens a stream from the caller's task when the connection is free, instead of asking the
-/// driver and waiting for its answer: the stream's first frame then leaves with the message
-/// that names it.
+/// What callers may do on the connection from their own task when it is free, instead of
+/// waking the driver: open a stream (its first frame then leaves with the message that names
+/// it), hold the socket's sends, and poll the connection for a bulk stream.
 trait OpenNow: Send + Sync {
     fn open_now(&self) -> Option<io::Result<yamux::Stream>>;
     /// See [`Mux::hold`]; every `hold` is followed by one `release`.
@@ -49,14 +51,19 @@ trait OpenNow: Send + Sync {
     /// stream's write, say) with the connection claimed, so the wake its frame makes is this
     /// task's to serve, then polls the connection until it has nothing more to do. Frames
     /// queued leave and frames that came are taken in without the driver task. `false`, with
-    /// `op` not run, when another task holds the connection or it is closing.
+    /// `op` not run, when another task holds the connection, or it is closing or has ended
+    /// (the driver's to finish).
     fn through(&self, op: &mut dyn FnMut()) -> bool;
+    /// Streams a poll from another task than the driver's took in, not yet handed over.
+    #[cfg(test)]
+    fn arrived(&self) -> usize;
 }
 
-/// The connection, shared by the driver, callers of `open_now` and large writes.
+/// The connection, shared by the driver, callers of `open_now` and bulk streams.
 struct Shared<S> {
     state: Mutex<State<S>>,
-    /// The connection's socket, which the driver sends the frames of each of its polls on.
+    /// The connection's socket, on which whoever polls the connection sends the frames of its
+    /// poll.
     socket: Batched<Counted<S>>,
     /// Callers of `Mux::hold` still writing: the driver sends nothing meanwhile.
     held: AtomicUsize,
@@ -169,6 +176,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         }
     }
 
+    #[cfg(test)]
+    fn arrived(&self) -> usize {
+        self.try_state().map_or(0, |state| state.arrived.len())
+    }
+
     fn through(&self, op: &mut dyn FnMut()) -> bool {
         let Some(mut state) = self.try_state() else {
             return false;
@@ -177,8 +189,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
             return false;
         }
         self.driver.polling();
+        let unwinding = Unwinding(&self.driver);
         op();
         let rounds = self.run(&mut state, Poller::Writer);
+        std::mem::forget(unwinding);
         let driver_needed = match rounds {
             Rounds::Idle => !state.arrived.is_empty(),
             Rounds::Busy | Rounds::Deferred => true,
@@ -192,6 +206,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
             self.driver.task.wake();
         }
         true
+    }
+}
+
+/// Set while another task than the driver polls the connection: if that poll unwinds, the
+/// driver must not be left marked as polled by someone (no wake would reach it again).
+struct Unwinding<'a>(&'a DriverWaker);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        self.0.state.store(0, Ordering::SeqCst);
+        self.0.task.wake();
     }
 }
 
@@ -279,7 +304,8 @@ where
     // yamux asserts window >= streams * 256 KiB on each setter: lift the window first.
     config.set_max_connection_receive_window(None);
     config.set_max_num_streams(yamux_streams);
-    let window = yamux_streams * 256 * 1024 + limits.window_growth;
+    // Saturating: the window stays at least what yamux asserts.
+    let window = yamux_streams.saturating_mul(256 * 1024).saturating_add(limits.window_growth);
     config.set_max_connection_receive_window(Some(window));
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
@@ -378,8 +404,10 @@ fn driver_gone() -> io::Error {
 
 fn split(stream: yamux::Stream, through: Arc<dyn OpenNow>) -> RawStream {
     let reset = stream.reset_handle();
-    let (read, write) = split_halves(YamuxIo { stream, pending: None, through, bulk: false });
-    let write = YamuxWrite { write, reset };
+    let bulk = Arc::new(AtomicBool::new(false));
+    let (read, write) = split_halves(YamuxIo { stream, pending: None, bulk: bulk.clone() });
+    let read = YamuxRead { read, through: through.clone(), bulk };
+    let write = YamuxWrite { write, reset, through };
     RawStream { read: Box::new(read), write: Box::new(write), permit: None }
 }
 
@@ -392,22 +420,8 @@ struct YamuxIo {
     stream: yamux::Stream,
     /// A chunk partly copied out, and how much of it was.
     pending: Option<(yamux::Packet, usize)>,
-    /// The connection, for bulk reads and writes to poll themselves (see
-    /// [`OpenNow::through`]).
-    through: Arc<dyn OpenNow>,
-    /// The last chunk received was large: the stream carries a bulk transfer, so a read that
-    /// finds nothing buffered reads the connection itself.
-    bulk: bool,
-}
-
-impl YamuxIo {
-    fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<yamux::Packet>>> {
-        let polled = futures::Stream::poll_next(Pin::new(&mut self.stream), cx);
-        if polled.is_pending() && self.bulk && self.through.through(&mut || {}) {
-            return futures::Stream::poll_next(Pin::new(&mut self.stream), cx);
-        }
-        polled
-    }
+    /// Set while the last chunk received was large (see [`YamuxRead`]).
+    bulk: Arc<AtomicBool>,
 }
 
 impl AsyncRead for YamuxIo {
@@ -430,10 +444,11 @@ impl AsyncRead for YamuxIo {
                 }
                 return Poll::Ready(Ok(()));
             }
-            match std::task::ready!(self.poll_packet(cx)) {
+            let next = futures::Stream::poll_next(Pin::new(&mut self.stream), cx);
+            match std::task::ready!(next) {
                 Some(Ok(packet)) if packet.as_ref().is_empty() => {}
                 Some(Ok(packet)) => {
-                    self.bulk = packet.as_ref().len() >= THROUGH;
+                    self.bulk.store(packet.as_ref().len() >= THROUGH, Ordering::Relaxed);
                     self.pending = Some((packet, 0));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -449,19 +464,7 @@ impl AsyncWrite for YamuxIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.len() < THROUGH {
-            return futures::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf);
-        }
-        let this = &mut *self;
-        let stream = &mut this.stream;
-        let mut written = Poll::Pending;
-        let claimed = this.through.through(&mut || {
-            written = futures::AsyncWrite::poll_write(Pin::new(&mut *stream), cx, buf);
-        });
-        if !claimed {
-            return futures::AsyncWrite::poll_write(Pin::new(&mut this.stream), cx, buf);
-        }
-        written
+        futures::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -473,10 +476,44 @@ impl AsyncWrite for YamuxIo {
     }
 }
 
-/// The write half of a yamux stream, which can reset the stream.
+/// The read half of a yamux stream. While the stream carries a bulk transfer (its last chunk
+/// was at least [`THROUGH`] bytes), a read polls the connection from the reading task when no
+/// other task does, so the frames it waits for are read (and over TLS decrypted) here, without
+/// the driver task and a wake-up per frame. It does so outside the lock that joins the two
+/// halves (`tokio::io::split`), which the other half's task may be waiting for.
+struct YamuxRead<T> {
+    read: T,
+    through: Arc<dyn OpenNow>,
+    bulk: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for YamuxRead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.read).poll_read(cx, buf);
+        // Only a read that would wait polls the connection: one that finds its bytes here
+        // costs no more than before.
+        if polled.is_pending()
+            && this.bulk.load(Ordering::Relaxed)
+            && this.through.through(&mut || {})
+        {
+            return Pin::new(&mut this.read).poll_read(cx, buf);
+        }
+        polled
+    }
+}
+
+/// The write half of a yamux stream, which can reset the stream. Writes of at least
+/// [`THROUGH`] bytes send their frames from the writing task when no other task polls the
+/// connection (outside the lock that joins the two halves, as for [`YamuxRead`]).
 struct YamuxWrite<T> {
     write: T,
     reset: yamux::ResetHandle,
+    through: Arc<dyn OpenNow>,
 }
 
 impl<T: AsyncWrite + Send + Unpin> super::StreamWrite for YamuxWrite<T> {
@@ -492,7 +529,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for YamuxWrite<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.write).poll_write(cx, buf)
+        let this = &mut *self;
+        if buf.len() < THROUGH {
+            return Pin::new(&mut this.write).poll_write(cx, buf);
+        }
+        let write = &mut this.write;
+        let mut written = None;
+        this.through.through(&mut || written = Some(Pin::new(&mut *write).poll_write(cx, buf)));
+        match written {
+            Some(written) => written,
+            None => Pin::new(&mut this.write).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -647,11 +694,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     }
 }
 
-/// How many times the connection is polled again for wakes that came while it was polled,
-/// before its poller yields to other tasks.
-const REPOLLS: usize = 16;
-
-impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
+impl<S> State<S> {
     /// Lets go of what the connection served once it has ended: opens waiting fail at once,
     /// and the session's inbound task ends.
     fn end(&mut self, reason: &str) {
@@ -662,7 +705,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
         self.inbound_tx = None;
         self.arrived.clear();
     }
+}
 
+impl<S> Drop for Driver<S> {
+    /// The driver gone (ended, or dropped with its runtime) ends what the connection served,
+    /// even while streams keep the connection's state alive.
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.inbound_tx.is_some() {
+            state.end("the connection's driver stopped");
+        }
+    }
+}
+
+/// How many times the connection is polled again for wakes that came while it was polled,
+/// before its poller yields to other tasks.
+const REPOLLS: usize = 16;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
     /// One poll of the connection, with the driver's waker (see [`DriverWaker`]).
     /// `Ready(Some(reason))` once the connection has ended; `Ready(None)` when a writer
     /// leaves the rest to the driver.
@@ -770,8 +830,8 @@ const OPEN_WAIT: Duration = Duration::from_secs(10);
 /// Writes of at least this many bytes send their frames from the writing task, and a stream
 /// whose last chunk was this large reads the connection from its reading task when it has
 /// nothing buffered (see [`OpenNow::through`]). Smaller writes leave it to the driver, which
-/// sends what several streams wrote meanwhile in one write; a message stream's reader waits
-/// for the driver.
+/// sends what several streams wrote meanwhile in one write; a stream whose chunks are smaller
+/// (messages, mostly) waits for the driver to read them.
 const THROUGH: usize = 16 * 1024;
 
 /// Streams yamux admits beyond the session's own limit.
@@ -901,5 +961,62 @@ mod tests {
                 .expect("the stream is readable");
             assert_eq!(got, [round; 100]);
         }
+    }
+
+    /// Streams the peer opens that a bulk stream's poll of the connection reads, rather than
+    /// the driver, still reach the session, handed over by the driver.
+    #[tokio::test]
+    async fn streams_read_by_a_streams_own_poll_reach_the_session() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (mux, mut inbound, _done) = start(ours, false, &Limits::default(), false);
+        // The peer, a yamux dialer, opens three streams (a data frame with SYN each) and
+        // writes a byte on each.
+        for id in [1u32, 3, 5] {
+            let mut frame = vec![0u8, 0, 0, 1];
+            frame.extend(id.to_be_bytes());
+            frame.extend(1u32.to_be_bytes());
+            frame.push(id as u8);
+            peer.write_all(&frame).await.expect("the pipe has room");
+        }
+        // Nothing has awaited yet, so the driver has not run: this poll reads the frames.
+        assert!(mux.now.through(&mut || {}), "the connection is free");
+        assert_eq!(mux.now.arrived(), 3, "the three streams wait for the driver");
+        assert!(inbound.rx.try_recv().is_err(), "only the driver hands streams over");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let arrival = tokio::time::timeout(Duration::from_secs(10), inbound.rx.recv())
+                .await
+                .expect("the driver hands the streams over")
+                .expect("the connection is up");
+            let super::super::Arrival::Stream(mut stream) = arrival else {
+                panic!("no router was set, so streams arrive as they are");
+            };
+            let mut byte = [0u8; 1];
+            stream.read.read_exact(&mut byte).await.expect("the stream's byte");
+            got.push(byte[0]);
+        }
+        got.sort_unstable();
+        assert_eq!(got, [1, 3, 5]);
+        assert_eq!(mux.now.arrived(), 0);
+    }
+
+    /// A connection that a stream's own poll finds gone ends at once: the driver reports
+    /// why, and an open fails at once instead of waiting out its bound.
+    #[tokio::test]
+    async fn a_connection_found_gone_by_a_streams_own_poll_ends_at_once() {
+        let (peer, ours) = tokio::io::duplex(64 * 1024);
+        let (mux, _inbound, done) = start(ours, true, &Limits::default(), false);
+        drop(peer);
+        assert!(mux.now.through(&mut || {}), "the connection was free");
+        assert!(!mux.now.through(&mut || {}), "then it has ended: the driver's to finish");
+        let reason = tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("the driver reports the end")
+            .expect("with a reason");
+        assert!(reason.contains("closed by peer"), "{reason}");
+        let opened = tokio::time::timeout(Duration::from_secs(5), mux.open())
+            .await
+            .expect("an open fails well within its own bound");
+        assert_eq!(opened.err().map(|e| e.kind()), Some(io::ErrorKind::NotConnected));
     }
 }
