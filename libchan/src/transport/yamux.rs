@@ -282,12 +282,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
 /// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
 /// with the reason once the connection is gone.
-/// `read_ahead`: `io` is a plain socket (see `batch::ReadAhead`).
 pub(crate) fn start<S>(
     io: S,
     dialer: bool,
     limits: &Limits,
-    read_ahead: bool,
 ) -> (YamuxMux, InboundRx, oneshot::Receiver<String>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -310,7 +308,7 @@ where
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
-    let socket = Batched::new(Counted::new(io, counters.clone()), read_ahead);
+    let socket = Batched::new(Counted::new(io, counters.clone()));
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
@@ -933,8 +931,8 @@ mod tests {
     async fn writes_made_while_held_leave_on_release() {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let limits = Limits::default();
-        let (dialer, _, _done_a) = start(a, true, &limits, true);
-        let (_listener, mut inbound, _done_b) = start(b, false, &limits, true);
+        let (dialer, _, _done_a) = start(a, true, &limits);
+        let (_listener, mut inbound, _done_b) = start(b, false, &limits);
         for round in 0..50u8 {
             let outer = dialer.hold().expect("yamux can hold");
             let inner = dialer.hold().expect("yamux can hold");
@@ -968,7 +966,7 @@ mod tests {
     #[tokio::test]
     async fn streams_read_by_a_streams_own_poll_reach_the_session() {
         let (mut peer, ours) = tokio::io::duplex(64 * 1024);
-        let (mux, mut inbound, _done) = start(ours, false, &Limits::default(), false);
+        let (mux, mut inbound, _done) = start(ours, false, &Limits::default());
         // The peer, a yamux dialer, opens three streams (a data frame with SYN each) and
         // writes a byte on each.
         for id in [1u32, 3, 5] {
@@ -1005,7 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_found_gone_by_a_streams_own_poll_ends_at_once() {
         let (peer, ours) = tokio::io::duplex(64 * 1024);
-        let (mux, _inbound, done) = start(ours, true, &Limits::default(), false);
+        let (mux, _inbound, done) = start(ours, true, &Limits::default());
         drop(peer);
         assert!(mux.now.through(&mut || {}), "the connection was free");
         assert!(!mux.now.through(&mut || {}), "then it has ended: the driver's to finish");
