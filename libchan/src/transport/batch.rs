@@ -5,9 +5,9 @@
 //! record per write as well. [`Batched`] gathers those writes in one buffer and treats yamux's
 //! flushes as no-ops; whoever polls the connection (the driver, or a bulk stream from its own
 //! task) writes the buffer out with [`Batched::poll_send`] at the end of each poll, so every
-//! frame yamux produced in one poll leaves in one write. A
-//! large body leaves in one vectored write with the batch before it (its header, at least):
-//! over rustls header and body then fill full TLS records together.
+//! frame yamux produced in one poll leaves in one write. A large body leaves in one vectored
+//! write with the batch before it (its header, at least): over rustls header and body then
+//! fill full TLS records together.
 
 use std::io;
 use std::pin::Pin;

@@ -77,14 +77,14 @@ struct State<S> {
     pending_open: Option<OpenReply>,
     /// Gone once the connection has ended, so the session's inbound task ends too.
     inbound_tx: Option<Inbound>,
-    /// Streams the peer opened that arrived while a writer polled the connection: the driver
-    /// hands them over, so the session's code runs only in the driver's task.
+    /// Streams the peer opened, taken in by a poll: the driver hands them over after its poll,
+    /// so the session's code runs only in the driver's task.
     arrived: Vec<yamux::Stream>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
     /// Bounds how long a closing connection waits for the peer to close its side.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Why the connection ended, once a writer's poll found it ended; the driver reports it.
+    /// Why the connection ended, once a poll found it ended; the driver reports it.
     ended: Option<String>,
 }
 
@@ -94,9 +94,9 @@ enum Poller<'a> {
     /// The driver task: everything, the close included. It hands the streams that arrive
     /// over to the session, with this handle on the connection in them.
     Driver(&'a Arc<dyn OpenNow>),
-    /// Another task, through [`OpenNow::through`]: frames in and out, while the connection
-    /// is not closing; it leaves the rest to the driver.
-    Writer,
+    /// A bulk stream's task, through [`OpenNow::through`]: frames in and out, while the
+    /// connection is not closing; it leaves the rest to the driver.
+    Stream,
 }
 
 /// Wakes the driver task: the waker the connection is polled with, by the driver, by
@@ -191,7 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> OpenNow for Shared<S> {
         self.driver.polling();
         let unwinding = Unwinding(&self.driver);
         op();
-        let rounds = self.run(&mut state, Poller::Writer);
+        let rounds = self.run(&mut state, Poller::Stream);
         std::mem::forget(unwinding);
         let driver_needed = match rounds {
             Rounds::Idle => !state.arrived.is_empty(),
@@ -226,7 +226,7 @@ enum Rounds {
     Idle,
     /// Still woken after [`REPOLLS`] polls.
     Busy,
-    /// A writer found work that is the driver's (the connection closing).
+    /// A stream's poll found work that is the driver's (the connection closing).
     Deferred,
     /// The connection has ended, for this reason.
     Ended(String),
@@ -666,7 +666,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
         let wakes = &shared.driver;
         wakes.task.register(cx.waker());
         let Some(mut state) = shared.try_state() else {
-            // A writer (or an open) holds the connection. A writer still polling sees this
+            // A stream's poll (or an open) holds the connection. A poll still going sees this
             // wake and polls again; otherwise it is about to let go: try again then.
             if wakes.state.fetch_or(WOKEN, Ordering::SeqCst) & POLLING == 0 {
                 cx.waker().wake_by_ref();
@@ -722,8 +722,8 @@ const REPOLLS: usize = 16;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
     /// One poll of the connection, with the driver's waker (see [`DriverWaker`]).
-    /// `Ready(Some(reason))` once the connection has ended; `Ready(None)` when a writer
-    /// leaves the rest to the driver.
+    /// `Ready(Some(reason))` once the connection has ended; `Ready(None)` when a stream's
+    /// poll leaves the rest to the driver.
     fn poll_connection(
         &mut self,
         shared: &Shared<S>,
@@ -734,7 +734,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
             self.closing = true;
         }
         if self.closing {
-            if let Poller::Writer = poller {
+            if let Poller::Stream = poller {
                 return Poll::Ready(None);
             }
             let linger = self.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
@@ -945,13 +945,7 @@ mod tests {
             // The driver, woken by the write, runs now and finds the connection held.
             tokio::task::yield_now().await;
             drop(outer);
-            let arrived = tokio::time::timeout(Duration::from_secs(10), inbound.rx.recv())
-                .await
-                .expect("the stream arrives after the release")
-                .expect("the connection is up");
-            let super::super::Arrival::Stream(mut arrived) = arrived else {
-                panic!("no router was set, so streams arrive as they are");
-            };
+            let mut arrived = next_stream(&mut inbound).await;
             let mut got = [0u8; 100];
             tokio::time::timeout(Duration::from_secs(10), arrived.read.read_exact(&mut got))
                 .await
@@ -959,6 +953,19 @@ mod tests {
                 .expect("the stream is readable");
             assert_eq!(got, [round; 100]);
         }
+    }
+
+    /// The next stream the driver hands over, within 10 s; with no router set, streams
+    /// arrive as they are.
+    async fn next_stream(inbound: &mut InboundRx) -> RawStream {
+        let arrival = tokio::time::timeout(Duration::from_secs(10), inbound.rx.recv())
+            .await
+            .expect("the driver hands the stream over")
+            .expect("the connection is up");
+        let super::super::Arrival::Stream(stream) = arrival else {
+            panic!("no router was set, so streams arrive as they are");
+        };
+        stream
     }
 
     /// Streams the peer opens that a bulk stream's poll of the connection reads, rather than
@@ -982,13 +989,7 @@ mod tests {
         assert!(inbound.rx.try_recv().is_err(), "only the driver hands streams over");
         let mut got = Vec::new();
         for _ in 0..3 {
-            let arrival = tokio::time::timeout(Duration::from_secs(10), inbound.rx.recv())
-                .await
-                .expect("the driver hands the streams over")
-                .expect("the connection is up");
-            let super::super::Arrival::Stream(mut stream) = arrival else {
-                panic!("no router was set, so streams arrive as they are");
-            };
+            let mut stream = next_stream(&mut inbound).await;
             let mut byte = [0u8; 1];
             stream.read.read_exact(&mut byte).await.expect("the stream's byte");
             got.push(byte[0]);
