@@ -50,6 +50,7 @@ static ERRORS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 static TRAFFIC: Mutex<BTreeMap<String, StageTraffic>> = Mutex::new(BTreeMap::new());
 static NEXT_TRACKED: AtomicU64 = AtomicU64::new(0);
 static REDIALS: AtomicU64 = AtomicU64::new(0);
+static RESENDS: AtomicU64 = AtomicU64::new(0);
 static REFUSALS: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static LATENCY: [AtomicU64; BUCKETS.len() + 1] = [const { AtomicU64::new(0) }; BUCKETS.len() + 1];
@@ -125,6 +126,12 @@ pub fn count_redial() {
     REDIALS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A `remote` stage sent a request again, which the node had refused unread (its accept
+/// queue full).
+pub fn count_resend() {
+    RESENDS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A peer with a valid certificate was refused by an allow list.
 pub fn count_refusal() {
     REFUSALS.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +190,12 @@ pub fn render() -> String {
         let _ = writeln!(out, "swarm_errors_total{{kind=\"{kind}\"}} {count}");
     }
     counter(&mut out, "swarm_redials_total", "remote redials", REDIALS.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "swarm_resent_requests_total",
+        "requests remote sent again after the node refused them unread",
+        RESENDS.load(Ordering::Relaxed),
+    );
     counter(
         &mut out,
         "swarm_refused_peers_total",

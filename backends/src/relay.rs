@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use libchan::{Receiver, Sender, Session};
+use libchan::proto::Code;
+use libchan::{Receiver, SendFailure, Sender, Session};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::Message;
@@ -53,6 +55,8 @@ enum Next {
     /// The answer channel ended cleanly: the answerer dropped `ret`.
     Ended,
     Failed(String),
+    /// The node refused the request (see [`Resend`]).
+    Refused(String),
     /// Whoever asked no longer listens, or the node shuts down.
     Gone,
 }
@@ -79,22 +83,35 @@ impl Answers {
     /// Relays the first answer; returns the rest of the relay (for streaming answers), or
     /// `None` when there is nothing more. Without a timeout, waits as long as the asker
     /// listens.
-    pub(crate) async fn first(mut self, watch: &Watch) -> Option<Self> {
+    ///
+    /// A request sent on a channel of its own comes with its `resend`: when its answers end
+    /// before the first, that learns whether the node refused the request unread, and sends
+    /// it again (its answers then come on the new `ret`).
+    pub(crate) async fn first(
+        mut self,
+        watch: &Watch,
+        mut resend: Option<&mut Resend>,
+    ) -> Option<Self> {
         let limit = watch.timeout;
         let next = match limit {
-            Some(limit) => match tokio::time::timeout(limit, self.next(watch)).await {
-                Ok(next) => next,
-                Err(_) => Next::Failed(format!("no answer within {limit:?}")),
-            },
-            None => self.next(watch).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, self.next(watch, resend.as_deref_mut())).await {
+                    Ok(next) => next,
+                    Err(_) => Next::Failed(format!("no answer within {limit:?}")),
+                }
+            }
+            None => self.next(watch, resend).await,
         };
+        let refused = matches!(next, Next::Refused(_));
         match next {
             Next::Answer(answer) => self.ret.send(answer).await.ok().map(|()| self),
             Next::Ended | Next::Gone => None,
-            Next::Failed(reason) => {
+            Next::Failed(reason) | Next::Refused(reason) => {
                 let who = &watch.who;
                 tracing::info!(%reason, "request failed");
-                crate::metrics::count_error(if reason.starts_with("no answer") {
+                crate::metrics::count_error(if refused {
+                    "refused"
+                } else if reason.starts_with("no answer") {
                     "timeout"
                 } else {
                     "connection"
@@ -105,7 +122,7 @@ impl Answers {
         }
     }
 
-    async fn next(&mut self, watch: &Watch) -> Next {
+    async fn next(&mut self, watch: &Watch, mut resend: Option<&mut Resend>) -> Next {
         let session = watch.session.as_ref();
         let lost = std::pin::pin!(async {
             match session {
@@ -123,6 +140,29 @@ impl Answers {
                 () = self.ret.closed() => return Next::Gone,
                 () = &mut shutdown => return Next::Failed("node shutting down".to_owned()),
             };
+            if !matches!(answer, Ok(Some(_))) {
+                if let Some(resend) = resend.as_deref_mut() {
+                    // Ended unanswered: perhaps refused unread, with the streams it named.
+                    let verdict = tokio::select! {
+                        verdict = resend.verdict() => verdict,
+                        reason = &mut lost => {
+                            return Next::Failed(format!("connection lost: {reason}"));
+                        }
+                        () = &mut shutdown => {
+                            return Next::Failed("node shutting down".to_owned());
+                        }
+                    };
+                    match verdict {
+                        Verdict::Stands => {}
+                        Verdict::Resent(Some(answers)) => {
+                            self.answers = answers;
+                            continue;
+                        }
+                        Verdict::Resent(None) => return Next::Ended,
+                        Verdict::Refused(reason) => return Next::Refused(reason),
+                    }
+                }
+            }
             return match answer {
                 Ok(Some(mut answer)) => {
                     if let Some(wrap) = &self.wrap {
@@ -151,17 +191,111 @@ impl Answers {
 pub(crate) async fn rest(mut answers: Answers, watch: Watch) {
     let watch = Watch { timeout: None, ..watch };
     loop {
-        match answers.next(&watch).await {
+        match answers.next(&watch, None).await {
             Next::Answer(answer) => {
                 if answers.ret.send(answer).await.is_err() {
                     return;
                 }
             }
             Next::Ended | Next::Gone => return,
-            Next::Failed(reason) => {
+            Next::Failed(reason) | Next::Refused(reason) => {
                 answers.fail(format!("{}: {reason}", watch.who)).await;
                 return;
             }
         }
     }
 }
+
+/// A request sent on a channel of its own, which the node may refuse unread: when its accept
+/// queue is full, or it has no stream to spare, it refuses the channel, and the streams the
+/// request named with it (PROTOCOL.md §6.3). Such a request is sent again on a new channel,
+/// with backoff, until its deadline. Holds the channel open while it lives.
+pub(crate) struct Resend {
+    session: Session,
+    channel: Sender<Message>,
+    /// The request, without its `ret` (each send gets a new one) and its in-flight count
+    /// (which stays with the first). `None` for a request with a byte stream, which a send
+    /// uses up.
+    copy: Option<Message>,
+    had_ret: bool,
+    deadline: Instant,
+    backoff: Duration,
+    sent: u32,
+}
+
+/// What became of a request's latest send (see [`Resend::verdict`]).
+pub(crate) enum Verdict {
+    /// The node took it in, or the channel ended otherwise (its session, say): what its
+    /// answers said stands.
+    Stands,
+    /// Refused unread and sent again; the new send's answers come on this, if it has `ret`.
+    Resent(Option<Receiver<Message>>),
+    /// Refused for good, with why.
+    Refused(String),
+}
+
+impl Resend {
+    /// `request` was just sent on `channel`, over `session`, as it is now.
+    pub(crate) fn new(
+        session: Session,
+        channel: Sender<Message>,
+        request: &Message,
+        deadline: Instant,
+    ) -> Self {
+        let copy = request.att.is_none().then(|| plain(request));
+        let had_ret = request.ret.is_some();
+        Self { session, channel, copy, had_ret, deadline, backoff: MIN_BACKOFF, sent: 1 }
+    }
+
+    /// Waits for the node's verdict on the latest send, and sends again if it refused it
+    /// unread and there is time.
+    pub(crate) async fn verdict(&mut self) -> Verdict {
+        let (code, message) = match self.channel.accepted().await {
+            Ok(()) | Err(SendFailure::Closed) => return Verdict::Stands,
+            Err(SendFailure::Refused { code, message }) => (code, message),
+            Err(other) => return Verdict::Refused(format!("the node refused it: {other}")),
+        };
+        let unread = matches!(code, Code::AcceptQueueFull | Code::TooManyStreams);
+        let wait = self.backoff + Duration::from_millis(crate::random::random_u64() % 10);
+        let mut again = match &self.copy {
+            Some(copy) if unread && Instant::now() + wait < self.deadline => plain(copy),
+            _ if self.sent > 1 => {
+                let sent = self.sent;
+                return Verdict::Refused(format!("the node refused it {sent} times: {message}"));
+            }
+            _ => return Verdict::Refused(format!("the node refused it: {message}")),
+        };
+        tokio::time::sleep(wait).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        let answers = self.had_ret.then(|| {
+            let (ret, answers) = libchan::pipe();
+            again.ret = Some(ret);
+            answers
+        });
+        let channel = match self.session.open::<Message>().await {
+            Ok(channel) => channel,
+            Err(error) => return Verdict::Refused(format!("cannot send it again: {error}")),
+        };
+        if let Err(error) = channel.send(again).await {
+            return Verdict::Refused(format!("cannot send it again: {}", error.reason()));
+        }
+        crate::metrics::count_resend();
+        tracing::debug!(%message, sent = self.sent, "the node refused the request unread: sent again");
+        self.channel = channel;
+        self.sent += 1;
+        Verdict::Resent(answers)
+    }
+}
+
+/// `request`'s verb, arguments and id.
+fn plain(request: &Message) -> Message {
+    Message {
+        args: request.args.clone(),
+        id: request.id.clone(),
+        ..Message::new(request.verb.clone())
+    }
+}
+
+/// Backoff between sends of a request the node refused unread (see [`Resend`]).
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::metrics;
-use crate::relay::{self, Watch};
+use crate::relay::{self, Resend, Verdict, Watch};
 use crate::service::{
     Backend, HandlerError, HandlerResult, Message, Server, SpawnError, Stage, Tasks, Verb,
 };
@@ -349,6 +349,10 @@ async fn send(
     let answers = relay::intercept(&mut request);
     // Counted in flight by the listen stage it came by (if any) until its first answer.
     let in_flight = request.in_flight.take();
+    let resend = channel.map(|channel| {
+        let deadline = started + if answers.is_some() { link.timeout } else { CHANNEL_GRACE };
+        Resend::new(session.clone(), channel, &request, deadline)
+    });
     if let Err(error) = target.send(request).await {
         metrics::count_error("connection");
         let why = match session.close_reason() {
@@ -359,16 +363,31 @@ async fn send(
         return Err(HandlerError::new(format!("{}: cannot send {verb}: {why}", link.who)));
     }
     let Some(answers) = answers else {
-        if let Some(channel) = channel {
+        if let Some(mut resend) = resend {
             let (session, shutdown) = (session.clone(), link.tasks.shutdown_token().clone());
-            link.tasks.spawn(async move {
-                tokio::select! {
-                    () = tokio::time::sleep(CHANNEL_GRACE) => {}
-                    _ = session.closed() => {}
-                    () = shutdown.cancelled() => {}
+            link.tasks.spawn(
+                async move {
+                    let refused = async {
+                        loop {
+                            match resend.verdict().await {
+                                Verdict::Resent(_) => {}
+                                Verdict::Stands => std::future::pending::<()>().await,
+                                Verdict::Refused(reason) => break reason,
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(CHANNEL_GRACE) => {}
+                        _ = session.closed() => {}
+                        () = shutdown.cancelled() => {}
+                        reason = refused => {
+                            metrics::count_error("refused");
+                            tracing::warn!(%reason, "notification lost");
+                        }
+                    }
                 }
-                drop(channel);
-            });
+                .in_current_span(),
+            );
         }
         return Ok(());
     };
@@ -377,8 +396,10 @@ async fn send(
     link.tasks.clone().spawn(
         async move {
             let answers = answers.wrapping(move |object| wrap(&link, &session, object));
-            let first = answers.first(&watch).await;
-            drop((channel, in_flight));
+            let mut resend = resend;
+            let first = answers.first(&watch, resend.as_mut()).await;
+            drop(resend);
+            drop(in_flight);
             if let Some(rest) = first {
                 metrics::observe_latency(started.elapsed());
                 relay::rest(rest, watch).await;

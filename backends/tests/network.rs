@@ -330,3 +330,96 @@ async fn a_request_over_the_argument_bound_ends_its_channel_with_a_code() {
     session.close(Code::Ok, "done").await;
     assert!(tasks.shutdown(LIMIT).await);
 }
+
+/// A node that takes no channel in until `release` is notified, then answers every `Get`
+/// with `Set("served")`. Its sessions have `limits`.
+async fn slow_node(limits: libchan::Limits, release: Arc<Notify>) -> String {
+    let listener = libchan::listen_with("tcp://127.0.0.1:0", limits).await.unwrap();
+    let url = listener.local_url().to_owned();
+    tokio::spawn(async move {
+        let session = listener.accept().await.unwrap();
+        release.notified().await;
+        while let Some(mut channel) = session.accept::<Message>().await {
+            tokio::spawn(async move {
+                while let Ok(Some(request)) = channel.recv().await {
+                    if let Some(ret) = request.ret {
+                        let _ = ret.send(Message::new(Verb::Set).with_args(["served"])).await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+fn resent_requests() -> u64 {
+    let metrics = backends::metrics::render();
+    let line = metrics.lines().find(|line| line.starts_with("swarm_resent_requests_total "));
+    line.and_then(|line| line.split(' ').nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// A burst of requests over the next node's accept queue (128 channels waiting for its accept
+/// loop): the node refuses the excess unread, and `remote` sends those again until the node
+/// takes them in. Every request is answered.
+#[tokio::test]
+async fn requests_refused_by_a_full_accept_queue_are_sent_again() {
+    let release = Arc::new(Notify::new());
+    let url = slow_node(libchan::Limits::default(), release.clone()).await;
+    let tasks = Tasks::new();
+    let (a, _) = run(&Node::default(), &[&format!("remote {url}")], &tasks).await;
+    let before = resent_requests();
+    let burst = futures::future::join_all((0..200).map(|_| a.get()));
+    let mut burst = std::pin::pin!(burst);
+    let deadline = Instant::now() + LIMIT;
+    // The node takes nothing in until some requests were refused and sent again.
+    while resent_requests() == before {
+        assert!(Instant::now() < deadline, "no request was refused and sent again");
+        tokio::select! {
+            _ = &mut burst => panic!("answered by a node that takes nothing in"),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    release.notify_one();
+    let answers = tokio::time::timeout(LIMIT, burst).await.expect("every request answered");
+    for (n, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap_or_else(|e| panic!("request {n}: {e}")), "served");
+    }
+    assert!(tasks.shutdown(LIMIT).await);
+}
+
+/// A node whose accept queue stays full: requests fail with the node's reason once their
+/// bound is near, and a request with a byte stream (which a send uses up) fails at once.
+#[tokio::test]
+async fn requests_a_full_accept_queue_keeps_refusing_fail_with_its_reason() {
+    let mut limits = libchan::Limits::default();
+    limits.accept_queue = 1;
+    let release = Arc::new(Notify::new());
+    let url = slow_node(limits, release.clone()).await;
+    let tasks = Tasks::new();
+    let (a, _) = run(&Node::default(), &[&format!("remote {url} --timeout 2")], &tasks).await;
+    // One fills the queue and is never answered; the others are refused over and over.
+    let gets = futures::future::join_all((0..5).map(|_| a.get()));
+    let errors: Vec<String> = tokio::time::timeout(LIMIT, gets)
+        .await
+        .expect("every request fails within its bound")
+        .into_iter()
+        .map(|answer| answer.unwrap_err().to_string())
+        .collect();
+    let refused = errors
+        .iter()
+        .filter(|e| {
+            e.starts_with("Get: remote 127.0.0.1: the node refused it ")
+                && e.ends_with(" times: accept queue of 1 is full")
+        })
+        .count();
+    assert_eq!(refused, 4, "{errors:#?}");
+    let (att, _far) = libchan::byte_pipe();
+    let request = Message::new(Verb::Attach).with_att(att);
+    let mut answers = a.request(request).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT, answers.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(answer.verb, Verb::Error);
+    assert_eq!(answer.args, ["remote 127.0.0.1: the node refused it: accept queue of 1 is full"]);
+    // The node reads the request it queued, so the session closes without waiting for it.
+    release.notify_one();
+    assert!(tasks.shutdown(LIMIT).await);
+}

@@ -38,7 +38,12 @@ impl Swarm {
     /// # Panics
     /// The directory or the CA cannot be made.
     pub fn new(bin: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut dir = tempfile::tempdir().expect("temporary directory");
+        if std::env::var_os("SWARM_KEEP").is_some() {
+            // For a look at the nodes' logs after a run.
+            dir.disable_cleanup(true);
+            eprintln!("swarm directory kept: {}", dir.path().display());
+        }
         let ca = certs::Ca::create("test swarm CA").expect("CA");
         ca.save(dir.path().join("certs"), false).expect("save CA");
         Self { dir, ca, bin: PathBuf::from(bin) }

@@ -117,7 +117,7 @@ impl<T: Message> Sender<T> {
         stream: PendingStream,
         expect_accept: bool,
     ) -> Self {
-        let (status, _) = watch::channel(Status::default());
+        let (status, _) = watch::channel(Status { accepted: !expect_accept, ..Status::default() });
         // A stream that is already here takes writes from the first send on.
         let (write, stream) = match stream {
             PendingStream::Ready(RawStream { read, write, permit }) => {
@@ -196,6 +196,30 @@ impl<T: Message> Sender<T> {
                 let mut rx = shared.status.subscribe();
                 let _ = rx.wait_for(|s| s.peer_gone || s.finished).await;
             }
+        }
+    }
+
+    /// Waits until the receiving end has accepted the channel: at once for a channel that
+    /// needs no ACCEPT (in memory, or one the peer opened), else when its ACCEPT came.
+    ///
+    /// # Errors
+    /// [`SendFailure::Refused`] with the peer's code and text when it refused the channel
+    /// (or a message sent on it before the ACCEPT was read), [`SendFailure::Closed`] when the
+    /// channel or its session ended first. A channel refused with
+    /// [`Code::AcceptQueueFull`] or [`Code::TooManyStreams`] never reached the peer's
+    /// application, so what was sent on it may be sent again on a new channel (PROTOCOL.md
+    /// §6.3).
+    pub async fn accepted(&self) -> Result<(), SendFailure> {
+        let SenderInner::Net(shared, _) = &self.inner else { return Ok(()) };
+        shared.start_writer();
+        let mut rx = shared.status.subscribe();
+        let _ = rx.wait_for(|s| s.accepted || s.peer_gone || s.finished).await;
+        if rx.borrow().accepted {
+            return Ok(());
+        }
+        match lock(&shared.state).refused.clone() {
+            Some((code, message)) => Err(SendFailure::Refused { code, message }),
+            None => Err(SendFailure::Closed),
         }
     }
 
@@ -379,6 +403,8 @@ struct Idle {
 
 #[derive(Clone, Copy, Default)]
 struct Status {
+    /// The receiving end accepted the channel (or it needs no ACCEPT).
+    accepted: bool,
     peer_gone: bool,
     finished: bool,
 }
@@ -424,9 +450,12 @@ impl SendShared {
         state.inline = 0;
         self.session.unregister_idle(self.ref_id);
         self.status.send_modify(|s| s.finished = true);
+        // The peer opened the stream: it stops counting against the peer's share now (see
+        // `run_writer`).
+        drop(permit);
         let wait = Box::pin(async move {
             control.ended().await;
-            drop((permit, in_flight));
+            drop(in_flight);
         });
         self.session.linger(wait, &runtime);
         true
@@ -437,7 +466,7 @@ impl SendShared {
         let Some(idle) = lock(&self.idle).take() else { return };
         self.session.unregister_idle(self.ref_id);
         let Idle { control, permit, in_flight, runtime } = idle;
-        runtime.spawn(run_writer(self.clone(), control, permit, in_flight));
+        runtime.spawn(run_writer(self.clone(), control, permit, false, in_flight));
     }
 
     /// Reads what an idle sender's receiver sent meanwhile, without waiting: a receiver that
@@ -460,6 +489,15 @@ impl SendShared {
 
     fn mark_closed(&self) {
         self.mark_refused(None);
+    }
+
+    /// After a control frame: the receiving end is gone (`gone`), or it may have accepted.
+    fn heard(&self, gone: bool, control: &mut Control) {
+        if gone {
+            self.mark_refused(control.refusal.take());
+        } else if !control.accept_pending {
+            self.status.send_if_modified(|s| !std::mem::replace(&mut s.accepted, true));
+        }
     }
 
     /// As [`mark_closed`](Self::mark_closed), with the code and text the receiver gave.
@@ -605,14 +643,19 @@ async fn write_loop(
         },
     };
     let control = Control::new(read, &shared.session, expect_accept);
-    run_writer(shared, control, permit, in_flight).await;
+    run_writer(shared, control, permit, expect_accept, in_flight).await;
 }
 
-/// The writer task of a sender whose stream is here (see [`write_loop`]).
+/// The writer task of a sender whose stream is here (see [`write_loop`]). `opened_here`: this
+/// side opened the stream (and counts it in its share until the receiver's end came);
+/// otherwise the peer did, and it stops counting in the peer's share once the FIN is written:
+/// the peer counts it until that FIN reaches it, so its count never runs below ours and a
+/// peer within its share is never refused for a stream it already let go of.
 async fn run_writer(
     shared: Arc<SendShared>,
     mut control: Control,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    opened_here: bool,
     in_flight: crate::session::InFlight,
 ) {
     let mut draining = shared.session.draining();
@@ -639,7 +682,7 @@ async fn run_writer(
         let Some(batch) = batch else {
             tokio::select! {
                 () = shared.wake.notified() => {}
-                gone = control.next(), if control.open => if gone { shared.mark_refused(control.refusal.take()) },
+                gone = control.next(), if control.open => shared.heard(gone, &mut control),
                 _ = draining.changed(), if !drain => {}
             }
             continue;
@@ -651,7 +694,7 @@ async fn run_writer(
         let written = loop {
             tokio::select! {
                 biased;
-                gone = control.next(), if control.open => if gone { shared.mark_refused(control.refusal.take()) },
+                gone = control.next(), if control.open => shared.heard(gone, &mut control),
                 result = &mut writing => break result,
             }
         };
@@ -667,10 +710,11 @@ async fn run_writer(
     let _ = write.shutdown().await;
     shared.status.send_modify(|s| s.finished = true);
     drop(write);
+    let permit = permit.filter(|_| opened_here);
     // The receiver ends its direction once it has read everything (or went away).
     let timeout = shared.session.limits.drain_timeout;
     let _ = tokio::time::timeout(timeout, control.ended()).await;
-    drop(in_flight);
+    drop((permit, in_flight));
 }
 
 /// A sender's stream: here (its write half already with the sender), or still to come.

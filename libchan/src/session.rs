@@ -886,6 +886,10 @@ async fn take_in(inner: Arc<SessionInner>, mut stream: RawStream, taking: Arc<Ta
     match permit {
         Ok(permit) => stream.permit = Some(permit),
         Err(_) => {
+            if open.kind == Kind::Channel {
+                // As for a full accept queue (`route`).
+                inner.channel_ended(open.ref_id);
+            }
             let why =
                 format!("over the limit of {} streams per side", inner.limits.max_streams / 2);
             return refuse(stream, Code::TooManyStreams, &why, &inner).await;
@@ -926,6 +930,9 @@ async fn route(
             }
             let Ok(slot) = accept_tx.try_reserve() else {
                 tracing::warn!(peer = %inner.peer, "accept queue full, refusing a channel");
+                // Nothing it carries is decoded: the streams its messages name are refused
+                // at once, not kept until their TTL (their openers learn of it at once too).
+                inner.channel_ended(open.ref_id);
                 let why = format!("accept queue of {} is full", inner.limits.accept_queue);
                 return refuse(stream, Code::AcceptQueueFull, &why, &inner).await;
             };

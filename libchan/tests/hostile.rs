@@ -616,6 +616,10 @@ async fn a_refused_top_level_open_gives_the_opener_the_code() {
     let first = client.open::<u32>().await.unwrap();
     first.send(1).await.unwrap();
     let second = client.open::<u32>().await.unwrap();
+    within(first.accepted()).await.expect("the first fits the queue");
+    let refused = within(second.accepted()).await.unwrap_err();
+    let expected = "accept queue of 1 is full".to_owned();
+    assert_eq!(refused, SendFailure::Refused { code: Code::AcceptQueueFull, message: expected });
     within(second.closed()).await;
     let err = second.send(2).await.unwrap_err();
     match err.reason() {
@@ -628,6 +632,33 @@ async fn a_refused_top_level_open_gives_the_opener_the_code() {
     assert_eq!(err.into_inner(), 2);
     let mut rx = within(server.accept::<u32>()).await.unwrap();
     assert_eq!(within(rx.recv()).await.unwrap(), Some(1));
+}
+
+/// The handles a message on a refused top-level channel carries end at once: the acceptor
+/// refuses their streams instead of parking them for the rendezvous TTL (30 s), so an opener
+/// waiting for an answer learns at once that none will come.
+#[tokio::test]
+async fn the_handles_sent_on_a_refused_channel_end_at_once() {
+    let mut limits = Limits::default();
+    limits.accept_queue = 1;
+    let (client, server) = real_pair(limits).await;
+    let first = client.open::<Sender<u32>>().await.unwrap();
+    let (ret, mut first_answers) = libchan::pipe::<u32>();
+    first.send(ret).await.unwrap();
+    let second = client.open::<Sender<u32>>().await.unwrap();
+    let (ret, mut answers) = libchan::pipe::<u32>();
+    second.send(ret).await.unwrap();
+    let started = std::time::Instant::now();
+    let refused = within(second.accepted()).await.unwrap_err();
+    assert!(matches!(refused, SendFailure::Refused { code: Code::AcceptQueueFull, .. }));
+    let ended = within(answers.recv()).await;
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "ended after {:?}", started.elapsed());
+    // The accepted channel's handle still works.
+    let mut rx = within(server.accept::<Sender<u32>>()).await.unwrap();
+    let answer = within(rx.recv()).await.unwrap().unwrap();
+    answer.send(7).await.unwrap();
+    assert_eq!(within(first_answers.recv()).await.unwrap(), Some(7));
 }
 
 /// A value nested deeper than `max_depth` fails locally, comes back, and nothing is sent.
