@@ -463,7 +463,7 @@ async fn bulk_raw(net: Net, total: usize) -> f64 {
 /// as `tls://` sessions, without libchan's framing and byte-stream relay.
 async fn bulk_yamux_over_tls(total: usize) -> f64 {
     let (a, b) = tls_pair().await;
-    let (a, mut b) = (RawYamux::start(a, true), RawYamux::start(b, false));
+    let (a, mut b) = (RawYamux::start_on(a, true, false), RawYamux::start_on(b, false, false));
     let (read, mut write) = a.open().await.unwrap();
     write.write_all(&[1]).await.unwrap();
     let (mut their_read, their_write) = b.inbound.recv().await.unwrap();

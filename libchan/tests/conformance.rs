@@ -686,6 +686,42 @@ async fn thousand_channels(t: Transport) {
     }
 }
 
+/// More channels opened at once than the accept queue holds (128), all at one go, with the
+/// application accepting them as they come: the queue refuses none. The peer takes in a
+/// burst a bounded share at a time, so the accept loop runs between them; one worker thread,
+/// where taking in the whole burst first would starve it.
+async fn a_burst_of_channels_is_taken_in(t: Transport) {
+    if matches!(t, Transport::Memory) {
+        return;
+    }
+    const BURST: u32 = 400;
+    let (client, server) = sessions(t).await;
+    let accepting = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < BURST as usize {
+            let mut rx = server.accept::<u32>().await.expect("a channel");
+            got.push(tokio::spawn(async move { rx.recv().await }));
+        }
+        let mut values = Vec::new();
+        for value in got {
+            values.push(value.await.unwrap().unwrap().expect("its value"));
+        }
+        values.sort_unstable();
+        (server, values)
+    });
+    let mut senders = Vec::new();
+    for n in 0..BURST {
+        let tx = client.open::<u32>().await.unwrap();
+        tx.send(n).await.unwrap();
+        senders.push(tx);
+    }
+    for (n, tx) in senders.iter().enumerate() {
+        within("an ACCEPT", tx.accepted()).await.unwrap_or_else(|e| panic!("channel {n}: {e}"));
+    }
+    let (_server, values) = within("the burst", accepting).await.unwrap();
+    assert_eq!(values, (0..BURST).collect::<Vec<_>>());
+}
+
 async fn relay_chain(t: Transport) {
     if matches!(t, Transport::Memory) {
         return relay_chain_memory().await;
@@ -941,6 +977,8 @@ macro_rules! conformance {
             async fn kept_reply_sender_ends_on_a_clean_close() { super::kept_reply_sender_ends_on_a_clean_close(T).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ended_reply_streams_are_let_go() { super::ended_reply_streams_are_let_go(T).await }
+            #[tokio::test]
+            async fn a_burst_of_channels_is_taken_in() { super::a_burst_of_channels_is_taken_in(T).await }
         }
     )*};
 }

@@ -31,11 +31,29 @@ struct Inner<S> {
     sent: usize,
     /// The error of a send the driver made, for yamux to see at its next flush.
     failed: Option<io::Error>,
+    /// Bytes read ahead for yamux's small reads, on a socket that buffers nothing itself.
+    ahead: Option<ReadAhead>,
+}
+
+/// What one read of the socket brought beyond what yamux asked for.
+///
+/// yamux reads a frame's 12-byte header, then its body, each as a read of its own, and reads
+/// once more to learn that nothing is left: on a plain socket three system calls for a small
+/// message. Reading ahead into this buffer takes every frame that is here in one call, and a
+/// read that comes back short tells tokio the socket is drained, so the third call goes too.
+/// TLS streams buffer what they decrypt already, so they read directly.
+struct ReadAhead {
+    buf: Box<[u8]>,
+    /// The unread bytes are `buf[at..end]`.
+    at: usize,
+    end: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Batched<S> {
-    pub(crate) fn new(io: S) -> Self {
-        let inner = Inner { io, out: Vec::new(), sent: 0, failed: None };
+    /// `read_ahead`: `io` is a plain socket, whose small reads are each a system call.
+    pub(crate) fn new(io: S, read_ahead: bool) -> Self {
+        let ahead = read_ahead.then(|| ReadAhead { buf: Box::default(), at: 0, end: 0 });
+        let inner = Inner { io, out: Vec::new(), sent: 0, failed: None, ahead };
         Self { inner: Arc::new(Mutex::new(inner)) }
     }
 
@@ -115,7 +133,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().io).poll_read(cx, buf)
+        let mut inner = self.lock();
+        let Inner { io, ahead, .. } = &mut *inner;
+        let Some(ahead) = ahead else {
+            // Over TLS most reads come from what rustls decrypted already, which costs the
+            // task no budget: charge it here, as for a read from the buffer below.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            let read = ready!(Pin::new(io).poll_read(cx, buf));
+            coop.made_progress();
+            return Poll::Ready(read);
+        };
+        if ahead.at == ahead.end {
+            if buf.remaining() >= READ_AHEAD {
+                // A bulk body: straight into yamux's buffer, one copy less.
+                return Pin::new(io).poll_read(cx, buf);
+            }
+            if ahead.buf.is_empty() {
+                ahead.buf = vec![0; READ_AHEAD].into_boxed_slice();
+            }
+            let mut into = ReadBuf::new(&mut ahead.buf);
+            ready!(Pin::new(io).poll_read(cx, &mut into))?;
+            (ahead.at, ahead.end) = (0, into.filled().len());
+        }
+        // A read from the buffer costs the task's budget as a socket read does: a burst of
+        // frames read ahead still lets the tasks they wake run (the session's accept loop,
+        // whose queue the burst's channels fill) instead of all being taken in first (the
+        // conformance test `a_burst_of_channels_is_taken_in`).
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        coop.made_progress();
+        let n = (ahead.end - ahead.at).min(buf.remaining());
+        buf.put_slice(&ahead.buf[ahead.at..ahead.at + n]);
+        ahead.at += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -159,6 +208,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<S> {
         Pin::new(&mut inner.io).poll_shutdown(cx)
     }
 }
+
+/// Most bytes one read ahead takes; a read asking for at least as many reads directly.
+const READ_AHEAD: usize = 16 * 1024;
 
 /// Most bytes a batch holds; a write that does not fit sends the batch first.
 const BATCH_LEN: usize = 64 * 1024;
@@ -252,7 +304,7 @@ mod tests {
 
     #[test]
     fn frames_written_and_flushed_leave_in_one_write_when_sent() {
-        let mut socket = Batched::new(Recorder::with_room(usize::MAX));
+        let mut socket = Batched::new(Recorder::with_room(usize::MAX), false);
         let mut cx = Context::from_waker(noop_waker_ref());
         for part in [&b"header-1"[..], b"body-1", b"header-2", b"body-2"] {
             assert!(matches!(write(&mut socket, part), Poll::Ready(Ok(n)) if n == part.len()));
@@ -265,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_large_write_leaves_in_one_write_with_what_was_batched_before_it() {
-        let mut socket = Batched::new(Recorder::with_room(usize::MAX));
+        let mut socket = Batched::new(Recorder::with_room(usize::MAX), false);
         let body = vec![7u8; DIRECT_LEN];
         assert!(write(&mut socket, b"header").is_ready());
         assert!(matches!(write(&mut socket, &body), Poll::Ready(Ok(n)) if n == body.len()));
@@ -276,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_large_write_counts_only_its_own_bytes_when_the_socket_takes_part() {
-        let mut socket = Batched::new(Recorder::with_room(4));
+        let mut socket = Batched::new(Recorder::with_room(4), false);
         let body = vec![7u8; DIRECT_LEN];
         assert!(write(&mut socket, b"header").is_ready());
         assert!(write(&mut socket, &body).is_pending(), "the socket took 4 bytes of the batch");
@@ -290,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_waits_for_the_socket() {
-        let mut socket = Batched::new(Recorder::with_room(10));
+        let mut socket = Batched::new(Recorder::with_room(10), false);
         let small = vec![1u8; 1024];
         let mut taken = 0;
         while let Poll::Ready(Ok(n)) = write(&mut socket, &small) {
@@ -305,12 +357,106 @@ mod tests {
 
     #[test]
     fn a_failed_send_fails_the_next_flush() {
-        let mut socket = Batched::new(Recorder { broken: true, ..Recorder::with_room(usize::MAX) });
+        let mut socket =
+            Batched::new(Recorder { broken: true, ..Recorder::with_room(usize::MAX) }, false);
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut socket).poll_write(&mut cx, b"frame").is_ready());
         let sent = socket.poll_send(&mut cx);
         assert!(matches!(sent, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe));
         let flushed = Pin::new(&mut socket).poll_flush(&mut cx);
         assert!(matches!(flushed, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe));
+    }
+
+    /// A socket holding `data`, recording the size of each read it is asked for.
+    struct Source {
+        data: Vec<u8>,
+        asked: Vec<usize>,
+    }
+
+    impl AsyncRead for Source {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.asked.push(buf.remaining());
+            let n = self.data.len().min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Source {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read(socket: &mut Batched<Source>, len: usize) -> Vec<u8> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut buf = vec![0u8; len];
+        let mut read = ReadBuf::new(&mut buf);
+        assert!(Pin::new(socket).poll_read(&mut cx, &mut read).is_ready());
+        read.filled().to_vec()
+    }
+
+    fn asked(socket: &Batched<Source>) -> Vec<usize> {
+        socket.lock().io.asked.clone()
+    }
+
+    /// yamux reads a header, then a body, then the next header: on a plain socket all that
+    /// was here comes in one read of the socket, in order.
+    #[test]
+    fn small_reads_take_what_is_here_in_one_read() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(100).collect();
+        let mut socket = Batched::new(Source { data: data.clone(), asked: Vec::new() }, true);
+        let mut got = read(&mut socket, 12);
+        got.extend(read(&mut socket, 40));
+        got.extend(read(&mut socket, 12));
+        got.extend(read(&mut socket, 36));
+        assert_eq!(got, data);
+        assert_eq!(asked(&socket), [READ_AHEAD], "one read of the socket for all four");
+        assert!(read(&mut socket, 12).is_empty(), "then the end of the stream");
+    }
+
+    /// A bulk body with nothing read ahead goes straight into the caller's buffer; without
+    /// read-ahead (TLS) every read goes straight to the socket.
+    #[test]
+    fn large_reads_and_tls_read_directly() {
+        let data = vec![7u8; 3 * READ_AHEAD];
+        let mut socket = Batched::new(Source { data: data.clone(), asked: Vec::new() }, true);
+        assert_eq!(read(&mut socket, 2 * READ_AHEAD), data[..2 * READ_AHEAD]);
+        assert_eq!(asked(&socket), [2 * READ_AHEAD]);
+        let mut socket = Batched::new(Source { data, asked: Vec::new() }, false);
+        assert_eq!(read(&mut socket, 12).len(), 12);
+        assert_eq!(read(&mut socket, 40).len(), 40);
+        assert_eq!(asked(&socket), [12, 40]);
+    }
+
+    /// What was read ahead comes before a large read's bytes, and the end of the stream only
+    /// after it.
+    #[test]
+    fn bytes_read_ahead_come_first_and_the_end_last() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(READ_AHEAD + 100).collect();
+        let mut socket = Batched::new(Source { data: data.clone(), asked: Vec::new() }, true);
+        let mut got = read(&mut socket, 12);
+        got.extend(read(&mut socket, 2 * READ_AHEAD));
+        assert_eq!(got.len(), READ_AHEAD, "the large read takes what was read ahead");
+        got.extend(read(&mut socket, 2 * READ_AHEAD));
+        assert_eq!(got, data, "then the rest, in order");
+        assert!(read(&mut socket, 12).is_empty(), "then the end");
     }
 }

@@ -166,13 +166,22 @@ pub mod raw {
     }
 
     impl RawYamux {
-        /// Starts yamux on `io`; `dialer` on exactly one side.
+        /// Starts yamux on `io`, a plain socket; `dialer` on exactly one side.
         pub fn start<S>(io: S, dialer: bool) -> Self
         where
             S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         {
-            let (mux, mut inbound, _done) =
-                super::yamux::start(io, dialer, &crate::Limits::default());
+            Self::start_on(io, dialer, true)
+        }
+
+        /// [`start`](Self::start) on any stream; `read_ahead` as sessions do it on a plain
+        /// socket, not on TLS.
+        pub fn start_on<S>(io: S, dialer: bool, read_ahead: bool) -> Self
+        where
+            S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        {
+            let limits = crate::Limits::default();
+            let (mux, mut inbound, _done) = super::yamux::start(io, dialer, &limits, read_ahead);
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
             tokio::spawn(async move {
                 // With no router set, every stream arrives as it is.

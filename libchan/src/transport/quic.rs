@@ -276,6 +276,11 @@ fn start(
                         // QUIC's stream limit (max_streams) bounds what the peer has open, and
                         // the channel holds as many.
                         inbound_tx.deliver(stream);
+                        // Taking a stream in is a yamux frame's two reads of work: a burst
+                        // of them yields to the tasks they woke (the session's accept loop,
+                        // whose queue they fill) a bounded share at a time.
+                        tokio::task::coop::consume_budget().await;
+                        tokio::task::coop::consume_budget().await;
                     }
                     Err(e) => {
                         let _ = done_tx.send(describe(&e));

@@ -140,12 +140,12 @@ pub(crate) async fn connect(
         let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
         // In TLS 1.3 the server checks our certificate after our side of the handshake is
         // done: its refusal arrives as an alert where its preamble should be.
-        Session::over_named(stream, true, limits, addr.to_string(), peer_name).await.map_err(|e| {
-            match e {
+        Session::over_stream(stream, true, limits, addr.to_string(), peer_name, false)
+            .await
+            .map_err(|e| match e {
                 ConnectError::Io { source, .. } if is_tls(&source) => refused(addr, &source),
                 e => e,
-            }
-        })
+            })
     };
     within(timeout, addr, handshake).await
 }
@@ -164,7 +164,7 @@ pub(crate) async fn accept(
         let mut stream = acceptor.accept(tcp).await.map_err(|e| refused(&peer, &e))?;
         stream.get_mut().1.set_buffer_limit(Some(BUFFER_LIMIT));
         let peer_name = tls.name_peer(stream.get_ref().1.peer_certificates());
-        Session::over_named(stream, false, limits, peer.clone(), peer_name).await
+        Session::over_stream(stream, false, limits, peer.clone(), peer_name, false).await
     };
     within(timeout, &peer, handshake).await
 }

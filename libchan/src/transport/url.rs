@@ -179,11 +179,27 @@ impl Session {
     /// # Errors
     /// As [`over`](Self::over).
     pub async fn over_named<S>(
+        io: S,
+        dialer: bool,
+        limits: Limits,
+        peer: String,
+        name: Option<String>,
+    ) -> Result<Self, ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::over_stream(io, dialer, limits, peer, name, true).await
+    }
+
+    /// [`over_named`](Self::over_named); `read_ahead` unless `io` buffers what it reads
+    /// itself (TLS).
+    pub(crate) async fn over_stream<S>(
         mut io: S,
         dialer: bool,
         limits: Limits,
         peer: String,
         name: Option<String>,
+        read_ahead: bool,
     ) -> Result<Self, ConnectError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -208,7 +224,7 @@ impl Session {
             let reason = format!("it sent {:?}", String::from_utf8_lossy(&theirs));
             return Err(ConnectError::NotLibchan { peer, reason });
         }
-        let (mux, inbound, done) = super::yamux::start(io, dialer, &limits);
+        let (mux, inbound, done) = super::yamux::start(io, dialer, &limits, read_ahead);
         Ok(Self::start(Box::new(mux), inbound, done, dialer, limits, PeerInfo { addr: peer, name }))
     }
 }

@@ -224,7 +224,7 @@ impl Drop for Unwinding<'_> {
 enum Rounds {
     /// The last poll found nothing more to do.
     Idle,
-    /// Still woken after [`REPOLLS`] polls.
+    /// Still woken after [`REPOLLS`] polls, or out of the task's budget.
     Busy,
     /// A stream's poll found work that is the driver's (the connection closing).
     Deferred,
@@ -248,7 +248,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     fn run(&self, state: &mut State<S>, poller: Poller<'_>) -> Rounds {
         let waker = Waker::from(self.driver.clone());
         let mut cx = Context::from_waker(&waker);
-        for _ in 0..REPOLLS {
+        for round in 0..REPOLLS {
+            if round > 0 && !tokio::task::coop::has_budget_remaining() {
+                // The task has used its budget: polling again would find every socket
+                // read refused until it yields.
+                break;
+            }
             self.driver.polling();
             let polled = state.poll_connection(self, &mut cx, poller);
             if let Poller::Driver(through) = poller {
@@ -282,10 +287,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
 /// Starts the driver task. Returns the handle, the inbound streams, and a future that resolves
 /// with the reason once the connection is gone.
+/// `read_ahead`: `io` is a plain socket (see `batch::ReadAhead`).
 pub(crate) fn start<S>(
     io: S,
     dialer: bool,
     limits: &Limits,
+    read_ahead: bool,
 ) -> (YamuxMux, InboundRx, oneshot::Receiver<String>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -308,7 +315,7 @@ where
     config.set_split_send_size(64 * 1024);
     let mode = if dialer { yamux::Mode::Client } else { yamux::Mode::Server };
     let counters = Arc::new(Counters::default());
-    let socket = Batched::new(Counted::new(io, counters.clone()));
+    let socket = Batched::new(Counted::new(io, counters.clone()), read_ahead);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = super::inbound(limits.max_streams);
     let (done_tx, done_rx) = oneshot::channel();
@@ -931,8 +938,8 @@ mod tests {
     async fn writes_made_while_held_leave_on_release() {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let limits = Limits::default();
-        let (dialer, _, _done_a) = start(a, true, &limits);
-        let (_listener, mut inbound, _done_b) = start(b, false, &limits);
+        let (dialer, _, _done_a) = start(a, true, &limits, true);
+        let (_listener, mut inbound, _done_b) = start(b, false, &limits, true);
         for round in 0..50u8 {
             let outer = dialer.hold().expect("yamux can hold");
             let inner = dialer.hold().expect("yamux can hold");
@@ -973,7 +980,7 @@ mod tests {
     #[tokio::test]
     async fn streams_read_by_a_streams_own_poll_reach_the_session() {
         let (mut peer, ours) = tokio::io::duplex(64 * 1024);
-        let (mux, mut inbound, _done) = start(ours, false, &Limits::default());
+        let (mux, mut inbound, _done) = start(ours, false, &Limits::default(), false);
         // The peer, a yamux dialer, opens three streams (a data frame with SYN each) and
         // writes a byte on each.
         for id in [1u32, 3, 5] {
@@ -1004,7 +1011,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_found_gone_by_a_streams_own_poll_ends_at_once() {
         let (peer, ours) = tokio::io::duplex(64 * 1024);
-        let (mux, _inbound, done) = start(ours, true, &Limits::default());
+        let (mux, _inbound, done) = start(ours, true, &Limits::default(), false);
         drop(peer);
         assert!(mux.now.through(&mut || {}), "the connection was free");
         assert!(!mux.now.through(&mut || {}), "then it has ended: the driver's to finish");
