@@ -127,7 +127,7 @@ pub fn count_redial() {
 }
 
 /// A `remote` stage sent a request again, which the node had refused unread (its accept
-/// queue full).
+/// queue full, or no stream to spare).
 pub fn count_resend() {
     RESENDS.fetch_add(1, Ordering::Relaxed);
 }

@@ -148,6 +148,7 @@ impl Answers {
                         reason = &mut lost => {
                             return Next::Failed(format!("connection lost: {reason}"));
                         }
+                        () = self.ret.closed() => return Next::Gone,
                         () = &mut shutdown => {
                             return Next::Failed("node shutting down".to_owned());
                         }
@@ -160,6 +161,7 @@ impl Answers {
                         }
                         Verdict::Resent(None) => return Next::Ended,
                         Verdict::Refused(reason) => return Next::Refused(reason),
+                        Verdict::Failed(reason) => return Next::Failed(reason),
                     }
                 }
             }
@@ -215,10 +217,11 @@ pub(crate) struct Resend {
     channel: Sender<Message>,
     /// The request, without its `ret` (each send gets a new one) and its in-flight count
     /// (which stays with the first). `None` for a request with a byte stream, which a send
-    /// uses up.
+    /// uses up, and for one whose arguments are over [`MAX_COPIED`] bytes.
     copy: Option<Message>,
     had_ret: bool,
-    deadline: Instant,
+    /// When sends again stop.
+    until: Instant,
     backoff: Duration,
     sent: u32,
 }
@@ -232,19 +235,26 @@ pub(crate) enum Verdict {
     Resent(Option<Receiver<Message>>),
     /// Refused for good, with why.
     Refused(String),
+    /// Refused unread, and sending it again failed, with why.
+    Failed(String),
 }
 
 impl Resend {
-    /// `request` was just sent on `channel`, over `session`, as it is now.
+    /// `request` is about to be sent on `channel`, over `session`, and must have its first
+    /// answer by `deadline`. Sends again stop a quarter of the time before (at most a second),
+    /// so the last refusal, not the timeout, is what the asker learns.
     pub(crate) fn new(
         session: Session,
         channel: Sender<Message>,
         request: &Message,
         deadline: Instant,
     ) -> Self {
-        let copy = request.att.is_none().then(|| plain(request));
+        let small = request.args.iter().map(String::len).sum::<usize>() <= MAX_COPIED;
+        let copy = (request.att.is_none() && small).then(|| plain(request));
         let had_ret = request.ret.is_some();
-        Self { session, channel, copy, had_ret, deadline, backoff: MIN_BACKOFF, sent: 1 }
+        let margin = (deadline.saturating_duration_since(Instant::now()) / 4).min(MARGIN);
+        let until = deadline.checked_sub(margin).unwrap_or(deadline);
+        Self { session, channel, copy, had_ret, until, backoff: MIN_BACKOFF, sent: 1 }
     }
 
     /// Waits for the node's verdict on the latest send, and sends again if it refused it
@@ -256,9 +266,13 @@ impl Resend {
             Err(other) => return Verdict::Refused(format!("the node refused it: {other}")),
         };
         let unread = matches!(code, Code::AcceptQueueFull | Code::TooManyStreams);
-        let wait = self.backoff + Duration::from_millis(crate::random::random_u64() % 10);
-        let mut again = match &self.copy {
-            Some(copy) if unread && Instant::now() + wait < self.deadline => plain(copy),
+        // Full jitter: a burst refused at once does not come back at once.
+        let half = self.backoff / 2;
+        let wait = half + half.mul_f64((crate::random::random_u64() % 1024) as f64 / 1024.0);
+        let again = match &self.copy {
+            Some(copy) if unread && self.sent < MAX_SENDS && Instant::now() + wait < self.until => {
+                plain(copy)
+            }
             _ if self.sent > 1 => {
                 let sent = self.sent;
                 return Verdict::Refused(format!("the node refused it {sent} times: {message}"));
@@ -267,23 +281,28 @@ impl Resend {
         };
         tokio::time::sleep(wait).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        match self.send(again).await {
+            Ok(answers) => {
+                crate::metrics::count_resend();
+                tracing::debug!(%message, sent = self.sent, "refused unread: sent again");
+                Verdict::Resent(answers)
+            }
+            Err(why) => Verdict::Failed(format!("cannot send it again: {why}")),
+        }
+    }
+
+    /// Sends `again` on a new channel, with a new `ret` if the request had one.
+    async fn send(&mut self, mut again: Message) -> Result<Option<Receiver<Message>>, String> {
         let answers = self.had_ret.then(|| {
             let (ret, answers) = libchan::pipe();
             again.ret = Some(ret);
             answers
         });
-        let channel = match self.session.open::<Message>().await {
-            Ok(channel) => channel,
-            Err(error) => return Verdict::Refused(format!("cannot send it again: {error}")),
-        };
-        if let Err(error) = channel.send(again).await {
-            return Verdict::Refused(format!("cannot send it again: {}", error.reason()));
-        }
-        crate::metrics::count_resend();
-        tracing::debug!(%message, sent = self.sent, "the node refused the request unread: sent again");
+        let channel = self.session.open::<Message>().await.map_err(|e| e.to_string())?;
+        channel.send(again).await.map_err(|e| e.reason().to_string())?;
         self.channel = channel;
         self.sent += 1;
-        Verdict::Resent(answers)
+        Ok(answers)
     }
 }
 
@@ -296,6 +315,13 @@ fn plain(request: &Message) -> Message {
     }
 }
 
-/// Backoff between sends of a request the node refused unread (see [`Resend`]).
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
+/// Backoff between sends of a request the node refused unread (see [`Resend`]); each wait is
+/// between half and all of it.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// The most sends of one request: with the backoff, about 2 s of a full queue.
+const MAX_SENDS: u32 = 10;
+/// The most a resend stops before the request's deadline.
+const MARGIN: Duration = Duration::from_secs(1);
+/// Requests with more argument bytes are not kept to be sent again.
+const MAX_COPIED: usize = 64 * 1024;

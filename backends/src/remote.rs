@@ -372,7 +372,7 @@ async fn send(
                             match resend.verdict().await {
                                 Verdict::Resent(_) => {}
                                 Verdict::Stands => std::future::pending::<()>().await,
-                                Verdict::Refused(reason) => break reason,
+                                Verdict::Refused(reason) | Verdict::Failed(reason) => break reason,
                             }
                         }
                     };

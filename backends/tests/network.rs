@@ -352,6 +352,9 @@ async fn slow_node(limits: libchan::Limits, release: Arc<Notify>) -> String {
     url
 }
 
+/// The tests that count resends (a counter for the process) run one at a time.
+static COUNTING_RESENDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn resent_requests() -> u64 {
     let metrics = backends::metrics::render();
     let line = metrics.lines().find(|line| line.starts_with("swarm_resent_requests_total "));
@@ -363,6 +366,7 @@ fn resent_requests() -> u64 {
 /// takes them in. Every request is answered.
 #[tokio::test]
 async fn requests_refused_by_a_full_accept_queue_are_sent_again() {
+    let _counting = COUNTING_RESENDS.lock().await;
     let release = Arc::new(Notify::new());
     let url = slow_node(libchan::Limits::default(), release.clone()).await;
     let tasks = Tasks::new();
@@ -388,9 +392,11 @@ async fn requests_refused_by_a_full_accept_queue_are_sent_again() {
 }
 
 /// A node whose accept queue stays full: requests fail with the node's reason once their
-/// bound is near, and a request with a byte stream (which a send uses up) fails at once.
+/// sends are used up or their bound is near, and a request with a byte stream (which a send
+/// uses up) fails at once.
 #[tokio::test]
 async fn requests_a_full_accept_queue_keeps_refusing_fail_with_its_reason() {
+    let _counting = COUNTING_RESENDS.lock().await;
     let mut limits = libchan::Limits::default();
     limits.accept_queue = 1;
     let release = Arc::new(Notify::new());

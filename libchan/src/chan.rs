@@ -450,12 +450,9 @@ impl SendShared {
         state.inline = 0;
         self.session.unregister_idle(self.ref_id);
         self.status.send_modify(|s| s.finished = true);
-        // The peer opened the stream: it stops counting against the peer's share now (see
-        // `run_writer`).
-        drop(permit);
         let wait = Box::pin(async move {
             control.ended().await;
-            drop(in_flight);
+            drop((permit, in_flight));
         });
         self.session.linger(wait, &runtime);
         true
@@ -466,7 +463,7 @@ impl SendShared {
         let Some(idle) = lock(&self.idle).take() else { return };
         self.session.unregister_idle(self.ref_id);
         let Idle { control, permit, in_flight, runtime } = idle;
-        runtime.spawn(run_writer(self.clone(), control, permit, false, in_flight));
+        runtime.spawn(run_writer(self.clone(), control, permit, in_flight));
     }
 
     /// Reads what an idle sender's receiver sent meanwhile, without waiting: a receiver that
@@ -643,19 +640,14 @@ async fn write_loop(
         },
     };
     let control = Control::new(read, &shared.session, expect_accept);
-    run_writer(shared, control, permit, expect_accept, in_flight).await;
+    run_writer(shared, control, permit, in_flight).await;
 }
 
-/// The writer task of a sender whose stream is here (see [`write_loop`]). `opened_here`: this
-/// side opened the stream (and counts it in its share until the receiver's end came);
-/// otherwise the peer did, and it stops counting in the peer's share once the FIN is written:
-/// the peer counts it until that FIN reaches it, so its count never runs below ours and a
-/// peer within its share is never refused for a stream it already let go of.
+/// The writer task of a sender whose stream is here (see [`write_loop`]).
 async fn run_writer(
     shared: Arc<SendShared>,
     mut control: Control,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    opened_here: bool,
     in_flight: crate::session::InFlight,
 ) {
     let mut draining = shared.session.draining();
@@ -710,10 +702,16 @@ async fn run_writer(
     let _ = write.shutdown().await;
     shared.status.send_modify(|s| s.finished = true);
     drop(write);
-    let permit = permit.filter(|_| opened_here);
-    // The receiver ends its direction once it has read everything (or went away).
+    // The receiver ends its direction once it has read everything (or went away). What it
+    // sends meanwhile still counts: an ACCEPT (or a refusal) that comes after the FIN.
     let timeout = shared.session.limits.drain_timeout;
-    let _ = tokio::time::timeout(timeout, control.ended()).await;
+    let _ = tokio::time::timeout(timeout, async {
+        while control.open {
+            let gone = control.next().await;
+            shared.heard(gone, &mut control);
+        }
+    })
+    .await;
     drop((permit, in_flight));
 }
 
@@ -767,8 +765,10 @@ impl Control {
                 self.open = false;
                 true
             }
-            // PROTOCOL.md §5.5: a receiver that refuses a message says why.
-            Ok(Some((FrameType::CloseErr, payload))) => {
+            // PROTOCOL.md §5.5: a receiver that refuses a message says why. Not before its
+            // ACCEPT (§5.2): that is a broken peer, whose code would say nothing of whether it
+            // read what was sent (a refusal by ACCEPT says it did not).
+            Ok(Some((FrameType::CloseErr, payload))) if !self.accept_pending => {
                 if let Ok(close) = CloseErr::decode(&payload) {
                     self.refusal = Some((close.code, close.message));
                 }

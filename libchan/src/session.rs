@@ -584,6 +584,18 @@ impl SessionInner {
                 table.entries.insert(open.ref_id, arrived);
                 Err(format!("reference {} opened twice", open.ref_id))
             }
+            // Its channel ended while the ACCEPT was written (`route`): refused after all,
+            // as `may_arrive` would have.
+            None if table.ended_channels.contains(open.parent) => Err(format!(
+                "reference {} belongs to channel {}, which has ended",
+                open.ref_id, open.parent
+            )),
+            // Its channel ended while the ACCEPT was written (`route`): refused after all,
+            // as `may_arrive` would have.
+            None if table.ended_channels.contains(open.parent) => Err(format!(
+                "reference {} belongs to channel {}, which has ended",
+                open.ref_id, open.parent
+            )),
             None => {
                 if table.entries.len() >= self.limits.max_pending_refs {
                     return Err(format!(
@@ -886,8 +898,12 @@ async fn take_in(inner: Arc<SessionInner>, mut stream: RawStream, taking: Arc<Ta
     match permit {
         Ok(permit) => stream.permit = Some(permit),
         Err(_) => {
-            if open.kind == Kind::Channel {
-                // As for a full accept queue (`route`).
+            if open.kind == Kind::Channel
+                && open.parent == 0
+                && open.ref_id != 0
+                && open.ref_id % 2 != inner.parity
+            {
+                // A top-level channel of the peer's, as for a full accept queue (`route`).
                 inner.channel_ended(open.ref_id);
             }
             let why =

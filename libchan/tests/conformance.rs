@@ -687,9 +687,11 @@ async fn thousand_channels(t: Transport) {
 }
 
 /// More channels opened at once than the accept queue holds (128), all at one go, with the
-/// application accepting them as they come: the queue refuses none. The peer takes in a
-/// burst a bounded share at a time, so the accept loop runs between them; one worker thread,
-/// where taking in the whole burst first would starve it.
+/// application accepting them as they come: the queue refuses none. On one worker thread,
+/// where taking in the whole burst before the accept loop runs would overflow the queue. The
+/// transports take streams in a share of tokio's task budget (128 units) at a time: two
+/// units a stream (a yamux frame's two reads; the QUIC accept loop pays as much), so about 64
+/// per turn, half the queue, and the accept loop drains it between turns.
 async fn a_burst_of_channels_is_taken_in(t: Transport) {
     if matches!(t, Transport::Memory) {
         return;
