@@ -118,18 +118,24 @@ impl<T: Message> Sender<T> {
         expect_accept: bool,
     ) -> Self {
         let (status, _) = watch::channel(Status { accepted: !expect_accept, ..Status::default() });
-        // A stream that is already here takes writes from the first send on.
-        let (write, stream) = match stream {
-            PendingStream::Ready(RawStream { read, write, permit }) => {
-                (Some(write), Arriving::Here(read, permit))
+        // A stream that is already here takes writes from the first send on. The ACCEPT this
+        // side owes on it, if any, leads the first write.
+        let mut buf = BytesMut::new();
+        let (write, stream, owed) = match stream {
+            PendingStream::Ready(RawStream { read, write, permit, owed }) => {
+                if owed.is_some() {
+                    frame::encode(FrameType::Accept, &Accept::ok().encode(), &mut buf);
+                }
+                (Some(write), Arriving::Here(read, permit), owed)
             }
-            waiting @ PendingStream::Waiting(_) => (None, Arriving::Later(waiting)),
+            waiting @ PendingStream::Waiting(_) => (None, Arriving::Later(waiting), None),
         };
         let shared = Arc::new(SendShared {
             session,
             ref_id,
             state: Mutex::new(SendState {
-                buf: BytesMut::new(),
+                owed: owed.map(|owed| (buf.len(), owed)),
+                buf,
                 closed: false,
                 refused: None,
                 finish: None,
@@ -375,6 +381,9 @@ struct SendShared {
 
 struct SendState {
     buf: BytesMut,
+    /// The ACCEPT this side owes, at the front of `buf`: its length, and the permit of the
+    /// session's bound on owed ACCEPTs, released once the ACCEPT leaves with the first write.
+    owed: Option<(usize, tokio::sync::OwnedSemaphorePermit)>,
     /// The receiver is gone or the stream failed: sends fail with `Closed`.
     closed: bool,
     /// The receiver refused the channel or a message: sends fail with this code and text.
@@ -505,6 +514,7 @@ impl SendShared {
             state.refused = refusal;
         }
         state.buf = BytesMut::new();
+        state.owed = None;
         drop(state);
         self.space.notify_waiters();
         self.status.send_modify(|s| s.peer_gone = true);
@@ -537,10 +547,12 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
                     }
                 };
                 // A message the stream took whole leaves the writer idle with nothing to do;
-                // what the stream did not take goes to the writer.
-                let mut wake = start == 0;
-                if start == 0 && state.inline > 0 {
-                    write_inline(shared, &mut state.buf);
+                // what the stream did not take goes to the writer. The ACCEPT still owed
+                // goes with the first message.
+                let first = start == state.owed.as_ref().map_or(0, |(len, _)| *len);
+                let mut wake = first;
+                if first && state.inline > 0 {
+                    write_inline(shared, &mut state);
                     state.inline = if state.buf.is_empty() { state.inline - 1 } else { 0 };
                     wake = !state.buf.is_empty();
                 }
@@ -561,17 +573,18 @@ async fn send_net<T: Message>(shared: &Arc<SendShared>, value: T) -> Result<(), 
 /// `SendState::inline`).
 const INLINE_RUN: u8 = 16;
 
-/// Writes as much of `buf` as the stream takes without waiting, from the sending task.
+/// Writes as much of the buffer as the stream takes without waiting, from the sending task.
 /// Whatever is left stays queued for the writer task, in order: the state lock is held and
 /// the writer is idle.
-fn write_inline(shared: &SendShared, buf: &mut BytesMut) {
+fn write_inline(shared: &SendShared, state: &mut SendState) {
     let Ok(mut writer) = shared.writer.try_lock() else { return };
     let Some(write) = writer.as_mut() else { return };
     // A stream that is not ready keeps this no-op waker only until the writer task, woken
     // right after, polls it with its own.
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-    if let Poll::Ready(Ok(n)) = Pin::new(write).poll_write(&mut cx, buf) {
-        buf.advance(n);
+    if let Poll::Ready(Ok(n)) = Pin::new(write).poll_write(&mut cx, &state.buf) {
+        state.buf.advance(n);
+        state.owed = state.owed.take().filter(|(len, _)| *len > n).map(|(len, p)| (len - n, p));
     }
 }
 
@@ -627,8 +640,18 @@ async fn write_loop(
     let (read, permit) = match stream {
         Arriving::Here(read, permit) => (read, permit),
         Arriving::Later(pending) => match pending.resolve().await {
-            Ok(RawStream { read, write, permit }) => {
+            Ok(RawStream { read, write, permit, owed }) => {
                 *shared.writer.lock().await = Some(write);
+                if let Some(owed) = owed {
+                    // The ACCEPT goes first, before what was sent while the stream was away.
+                    let mut state = lock(&shared.state);
+                    let mut buf = BytesMut::new();
+                    frame::encode(FrameType::Accept, &Accept::ok().encode(), &mut buf);
+                    let len = buf.len();
+                    buf.extend_from_slice(&state.buf);
+                    state.buf = buf;
+                    state.owed = Some((len, owed));
+                }
                 (read, permit)
             }
             Err(reason) => {
@@ -663,6 +686,7 @@ async fn run_writer(
             }
             if !state.buf.is_empty() {
                 state.inline = 0;
+                state.owed = None;
                 Some(state.buf.split().freeze())
             } else if let Some(error) = state.finish.take() {
                 break error;

@@ -351,6 +351,7 @@ fn idle_stream() -> RawStream {
         read: Box::new(tokio::io::empty()),
         write: Box::new(tokio::io::sink()),
         permit: None,
+        owed: None,
     }
 }
 

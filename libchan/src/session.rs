@@ -56,6 +56,8 @@ pub(crate) struct SessionInner {
     parity: u64,
     next_ref: AtomicU64,
     outbound: Arc<Semaphore>,
+    /// Bounds the ACCEPTs owed on streams the peer opened (see `route`).
+    owed_accepts: Arc<Semaphore>,
     rendezvous: Mutex<Rendezvous>,
     /// This side's control stream, once open: heartbeats, then the closing CLOSE_ERR.
     control: tokio::sync::Mutex<Option<BoxWrite>>,
@@ -554,6 +556,7 @@ impl SessionInner {
             parity: u64::from(dialer),
             next_ref: AtomicU64::new(1),
             outbound: Arc::new(Semaphore::new(limits.max_streams / 2)),
+            owed_accepts: Arc::new(Semaphore::new(OWED_ACCEPTS)),
             rendezvous: Mutex::new(Rendezvous::default()),
             control: tokio::sync::Mutex::new(None),
             draining: watch::channel(false).0,
@@ -962,8 +965,18 @@ async fn route(
             if let Err(why) = inner.may_arrive(&open) {
                 return refuse(stream, Code::Rendezvous, &why, &inner).await;
             }
-            // As above: a failed ACCEPT does not lose what the opener sent.
-            let _ = write_frame(&mut stream.write, FrameType::Accept, &Accept::ok().encode()).await;
+            // A channel this side sends on owes its ACCEPT until its first frame, which it
+            // then leads (PROTOCOL.md §5.2): a reply goes out with its ACCEPT in one write.
+            // The peer's yamux holds opens back while 256 of its streams have had no frame
+            // from here, so at most `OWED_ACCEPTS` wait; the rest are accepted at once.
+            let owes = open.kind == Kind::Channel && open.direction == Direction::AcceptorSends;
+            stream.owed =
+                owes.then(|| inner.owed_accepts.clone().try_acquire_owned().ok()).flatten();
+            if stream.owed.is_none() {
+                // As above: a failed ACCEPT does not lose what the opener sent.
+                let accept = Accept::ok().encode();
+                let _ = write_frame(&mut stream.write, FrameType::Accept, &accept).await;
+            }
             if let Err(why) = inner.arrive(open, stream) {
                 tracing::warn!(peer = %inner.peer, %why, "nested stream refused");
             }
@@ -1124,6 +1137,8 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Peer reference ids remembered as used, and channels remembered as ended: about 26 bytes
 /// each with the hash set's spare room, about 106 KiB per set once full. (65,536 made each set
 /// grow to 1.7 MiB on a busy session, two per session.)
+/// The most ACCEPTs a session owes at once on streams the peer opened (see `route`).
+const OWED_ACCEPTS: usize = 64;
 const RETIRED_KEPT: usize = 4096;
 /// How long a failed open waits for the session to record why its connection ended.
 const REASON_WAIT: Duration = Duration::from_secs(2);

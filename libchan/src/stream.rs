@@ -245,9 +245,9 @@ async fn finish(mut stream: RawStream) {
 }
 
 fn reset_raw(stream: RawStream) {
-    let RawStream { read, write, permit } = stream;
+    let RawStream { read, write, permit, owed } = stream;
     write.reset();
-    drop((read, permit));
+    drop((read, permit, owed));
 }
 
 impl Drop for NetBytes {

@@ -417,9 +417,10 @@ async fn streams_for_a_channel_that_ended_are_let_go() {
     let (session, peer) = hostile_pair(limits).await;
     let (_r, _w) = raw_channel(&peer, 1).await;
     let rx = within(session.accept::<u32>()).await.unwrap();
-    // A stream for a message on channel 1 that is never read, here before its message.
+    // A stream for a message on channel 1 that is never read, here before its message. (One
+    // the peer sends on, which is ACCEPTed at once: see `accepts_owed_lead_the_first_frame`.)
     let (mut early_r, mut early_w) = peer.open().await.unwrap();
-    early_w.write_all(&open_frame(3, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    early_w.write_all(&open_frame(3, 1, Kind::Channel, Direction::OpenerSends)).await.unwrap();
     let (_, payload) = read_frame(&mut early_r).await;
     assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
     drop(rx);
@@ -436,6 +437,46 @@ async fn streams_for_a_channel_that_ended_are_let_go() {
     assert_eq!(accept.status, Code::Rendezvous, "{accept:?}");
     assert!(accept.error.unwrap_or_default().contains("channel 1, which has ended"));
     still_serving(&session, &peer, 7).await;
+}
+
+/// A nested channel the acceptor sends on (a reply channel) gets its ACCEPT with the first
+/// frame the acceptor writes there, ahead of it, not alone when the stream arrives; at most
+/// 64 wait so at once per session, and the streams beyond are ACCEPTed at once.
+#[tokio::test]
+async fn accepts_owed_lead_the_first_frame() {
+    let (session, peer) = hostile_pair(Limits::default()).await;
+    let (_r, mut w) = raw_channel(&peer, 1).await;
+    let mut replies = Vec::new();
+    for n in 0..65u64 {
+        let (mut r, mut w) = peer.open().await.unwrap();
+        w.write_all(&open_frame(3 + 2 * n, 1, Kind::Channel, Direction::AcceptorSends))
+            .await
+            .unwrap();
+        if n == 64 {
+            // Over the bound: ACCEPTed at once, before its sender is even decoded.
+            let (ty, payload) = read_frame(&mut r).await;
+            assert_eq!(ty, FrameType::Accept as u8);
+            assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
+        }
+        replies.push((r, w));
+    }
+    // One message naming the first stream's sender.
+    let named = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(3.into()));
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&named))).await.unwrap();
+    let mut rx = within(session.accept::<Sender<u32>>()).await.unwrap();
+    let reply = within(rx.recv()).await.unwrap().unwrap();
+    // Nothing came on it yet: the sender has not written.
+    let (first, _) = &mut replies[0];
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(100), first.read(&mut byte)).await;
+    assert!(early.is_err(), "a frame before the sender wrote: {early:?}");
+    reply.send(7).await.unwrap();
+    let (ty, payload) = read_frame(first).await;
+    assert_eq!(ty, FrameType::Accept as u8, "the ACCEPT leads");
+    assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
+    let (ty, payload) = read_frame(first).await;
+    assert_eq!((ty, payload), (FrameType::Msg as u8, cbor(&7u32)));
+    still_serving(&session, &peer, 201).await;
 }
 
 /// Handles whose streams had not arrived when their session ended fail with the session's

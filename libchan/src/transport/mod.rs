@@ -47,6 +47,10 @@ pub(crate) struct RawStream {
     pub write: BoxWrite,
     /// Released when the stream is dropped.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The ACCEPT this side still owes the peer on a stream the peer opened, to lead the
+    /// first frame written on it (PROTOCOL.md §5.2); the permit bounds how many a session
+    /// owes at once.
+    pub owed: Option<OwnedSemaphorePermit>,
 }
 
 /// Where a transport hands over the streams its peer opens. Once the session set its router,

@@ -69,7 +69,8 @@ impl Mux for QuicMux {
 
 impl RawStream {
     fn quic(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        Self { read: Box::new(QuicRead(recv)), write: Box::new(QuicWrite(send)), permit: None }
+        let (read, write) = (Box::new(QuicRead(recv)), Box::new(QuicWrite(send)));
+        Self { read, write, permit: None, owed: None }
     }
 }
 

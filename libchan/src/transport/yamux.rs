@@ -413,7 +413,7 @@ fn split(stream: yamux::Stream, through: Arc<dyn OpenNow>) -> RawStream {
     let (read, write) = split_halves(YamuxIo { stream, pending: None, bulk: bulk.clone() });
     let read = YamuxRead { read, through: through.clone(), bulk };
     let write = YamuxWrite { write, reset, through };
-    RawStream { read: Box::new(read), write: Box::new(write), permit: None }
+    RawStream { read: Box::new(read), write: Box::new(write), permit: None, owed: None }
 }
 
 /// A yamux stream with tokio's I/O traits. Reads take the chunks yamux received as they are
