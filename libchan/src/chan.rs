@@ -381,8 +381,9 @@ struct SendShared {
 
 struct SendState {
     buf: BytesMut,
-    /// The ACCEPT this side owes, at the front of `buf`: its length, and the permit of the
-    /// session's bound on owed ACCEPTs, released once the ACCEPT leaves with the first write.
+    /// The ACCEPT this side owes, at the front of `buf`: how much of it is left, and the
+    /// permit of the session's bound on owed ACCEPTs, released once the ACCEPT is handed to
+    /// the stream (or to the writer task, which writes it next).
     owed: Option<(usize, tokio::sync::OwnedSemaphorePermit)>,
     /// The receiver is gone or the stream failed: sends fail with `Closed`.
     closed: bool,
@@ -436,6 +437,10 @@ impl SendShared {
     /// queued, no error to send, and the stream takes its FIN at once. Its wait for the
     /// receiver's end of the stream goes to the session (`SessionInner::linger`).
     fn finish_inline(&self, state: &mut SendState) -> bool {
+        if state.owed.as_ref().is_some_and(|(len, _)| *len == state.buf.len()) {
+            // Nothing sent but the ACCEPT owed: it goes first, then the FIN.
+            write_inline(self, state);
+        }
         if !matches!(state.finish, Some(None)) || !state.buf.is_empty() || state.closed {
             return false;
         }
@@ -513,8 +518,11 @@ impl SendShared {
         if state.refused.is_none() {
             state.refused = refusal;
         }
-        state.buf = BytesMut::new();
-        state.owed = None;
+        // An ACCEPT still owed goes out before the FIN all the same (PROTOCOL.md §3.1).
+        match state.owed {
+            Some((len, _)) => state.buf.truncate(len),
+            None => state.buf = BytesMut::new(),
+        }
         drop(state);
         self.space.notify_waiters();
         self.status.send_modify(|s| s.peer_gone = true);
@@ -718,8 +726,17 @@ async fn run_writer(
             shared.mark_closed();
         }
     };
-    lock(&shared.state).inline = 0;
+    // What is left of an owed ACCEPT, when the channel closed before it was written.
+    let owed = {
+        let mut state = lock(&shared.state);
+        state.inline = 0;
+        let owed = state.owed.take().map(|(len, _)| len.min(state.buf.len()));
+        owed.map(|len| state.buf.split_to(len))
+    };
     let Some(mut write) = shared.writer.lock().await.take() else { return };
+    if let Some(owed) = owed {
+        let _ = write.write_all(&owed).await;
+    }
     if let Some(error) = error {
         let _ = write_frame(&mut write, FrameType::CloseErr, &error.encode()).await;
     }
@@ -967,6 +984,8 @@ enum NetState {
 
 impl NetState {
     fn ready(stream: RawStream, session: &SessionInner) -> Self {
+        // Only the streams of channels the acceptor sends on owe their ACCEPT: senders'.
+        debug_assert!(stream.owed.is_none(), "a receiver's stream owes an ACCEPT");
         Self::Ready {
             reader: FrameReader::new(stream.read, session.decoder()),
             write: stream.write,
@@ -1255,5 +1274,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl crate::session::Starts for SendShared {
     fn start(self: Arc<Self>) {
         self.start_writer();
+    }
+
+    fn owes(&self) -> bool {
+        lock(&self.state).owed.is_some()
     }
 }

@@ -593,12 +593,6 @@ impl SessionInner {
                 "reference {} belongs to channel {}, which has ended",
                 open.ref_id, open.parent
             )),
-            // Its channel ended while the ACCEPT was written (`route`): refused after all,
-            // as `may_arrive` would have.
-            None if table.ended_channels.contains(open.parent) => Err(format!(
-                "reference {} belongs to channel {}, which has ended",
-                open.ref_id, open.parent
-            )),
             None => {
                 if table.entries.len() >= self.limits.max_pending_refs {
                     return Err(format!(
@@ -700,6 +694,8 @@ impl Started {
 /// A sender whose writer task has not started yet; a clean close starts it.
 pub(crate) trait Starts: Send + Sync {
     fn start(self: Arc<Self>);
+    /// Whether it still owes its stream's ACCEPT (see `route`).
+    fn owes(&self) -> bool;
 }
 
 /// See [`SessionInner::linger`].
@@ -1111,6 +1107,14 @@ async fn expire_pending(session: Weak<SessionInner>) {
         let Some(inner) = session.upgrade() else { return };
         let now = Instant::now();
         reap(&mut lock(&inner.lingering), usize::MAX, Some(now));
+        // A reply sender kept long before its first send (a subscription's, say) sends the
+        // ACCEPT it owes now: it holds neither the peer's stream unacknowledged nor a share
+        // of the session's owed ACCEPTs for longer than this sweep's period.
+        let idle: Vec<Arc<dyn Starts>> =
+            lock(&inner.idle_senders).values().filter_map(Weak::upgrade).collect();
+        for sender in idle.into_iter().filter(|sender| sender.owes()) {
+            sender.start();
+        }
         let expired: Vec<(u64, Entry)> = lock(&inner.rendezvous)
             .entries
             .extract_if(|_, entry| match entry {
@@ -1137,8 +1141,8 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Peer reference ids remembered as used, and channels remembered as ended: about 26 bytes
 /// each with the hash set's spare room, about 106 KiB per set once full. (65,536 made each set
 /// grow to 1.7 MiB on a busy session, two per session.)
+const RETIRED_KEPT: usize = 4096;
 /// The most ACCEPTs a session owes at once on streams the peer opened (see `route`).
 const OWED_ACCEPTS: usize = 64;
-const RETIRED_KEPT: usize = 4096;
 /// How long a failed open waits for the session to record why its connection ended.
 const REASON_WAIT: Duration = Duration::from_secs(2);

@@ -476,6 +476,22 @@ async fn accepts_owed_lead_the_first_frame() {
     assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
     let (ty, payload) = read_frame(first).await;
     assert_eq!((ty, payload), (FrameType::Msg as u8, cbor(&7u32)));
+    // Its share of the bound came back: the next such stream owes its ACCEPT again.
+    let (mut next, mut next_w) = peer.open().await.unwrap();
+    next_w.write_all(&open_frame(133, 1, Kind::Channel, Direction::AcceptorSends)).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(100), next.read(&mut byte)).await;
+    assert!(early.is_err(), "ACCEPTed at once: {early:?}");
+    // A sender dropped without sending still sends its ACCEPT, then its FIN.
+    let named = ciborium::Value::Tag(libchan::TAG_SENDER, Box::new(5.into()));
+    w.write_all(&frame_bytes(FrameType::Msg, &cbor(&named))).await.unwrap();
+    drop(within(rx.recv()).await.unwrap().unwrap());
+    let (second, _) = &mut replies[1];
+    let (ty, payload) = read_frame(second).await;
+    assert_eq!(ty, FrameType::Accept as u8);
+    assert_eq!(Accept::decode(&payload).unwrap().status, Code::Ok);
+    let mut rest = Vec::new();
+    within(second.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
     still_serving(&session, &peer, 201).await;
 }
 
