@@ -266,7 +266,8 @@ impl Resend {
             Err(other) => return Verdict::Refused(format!("the node refused it: {other}")),
         };
         let unread = matches!(code, Code::AcceptQueueFull | Code::TooManyStreams);
-        // Full jitter: a burst refused at once does not come back at once.
+        // Jittered (half to all of the backoff): a burst refused at once does not come back
+        // at once.
         let half = self.backoff / 2;
         let wait = half + half.mul_f64((crate::random::random_u64() % 1024) as f64 / 1024.0);
         let again = match &self.copy {

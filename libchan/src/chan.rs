@@ -120,27 +120,27 @@ impl<T: Message> Sender<T> {
         let (status, _) = watch::channel(Status { accepted: !expect_accept, ..Status::default() });
         // A stream that is already here takes writes from the first send on. The ACCEPT this
         // side owes on it, if any, leads the first write.
-        let mut buf = BytesMut::new();
         let (write, stream, owed) = match stream {
             PendingStream::Ready(RawStream { read, write, permit, owed }) => {
-                if owed.is_some() {
-                    frame::encode(FrameType::Accept, &Accept::ok().encode(), &mut buf);
-                }
                 (Some(write), Arriving::Here(read, permit), owed)
             }
             waiting @ PendingStream::Waiting(_) => (None, Arriving::Later(waiting), None),
         };
+        let mut state = SendState {
+            buf: BytesMut::new(),
+            owed: None,
+            closed: false,
+            refused: None,
+            finish: None,
+            inline: if write.is_some() { INLINE_RUN } else { 0 },
+        };
+        if let Some(owed) = owed {
+            state.owe_accept(owed);
+        }
         let shared = Arc::new(SendShared {
             session,
             ref_id,
-            state: Mutex::new(SendState {
-                owed: owed.map(|owed| (buf.len(), owed)),
-                buf,
-                closed: false,
-                refused: None,
-                finish: None,
-                inline: if write.is_some() { INLINE_RUN } else { 0 },
-            }),
+            state: Mutex::new(state),
             writer: tokio::sync::Mutex::new(write),
             idle: Mutex::new(None),
             wake: Notify::new(),
@@ -401,6 +401,17 @@ struct SendState {
     inline: u8,
 }
 
+impl SendState {
+    /// Puts the ACCEPT this side owes at the front of the buffer, `owed` the permit for it.
+    fn owe_accept(&mut self, owed: tokio::sync::OwnedSemaphorePermit) {
+        let mut buf = BytesMut::new();
+        frame::encode(FrameType::Accept, &Accept::ok().encode(), &mut buf);
+        self.owed = Some((buf.len(), owed));
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+}
+
 /// A sender's stream while its writer task has not started (see `SendShared::idle`).
 struct Idle {
     control: Control,
@@ -651,14 +662,8 @@ async fn write_loop(
             Ok(RawStream { read, write, permit, owed }) => {
                 *shared.writer.lock().await = Some(write);
                 if let Some(owed) = owed {
-                    // The ACCEPT goes first, before what was sent while the stream was away.
-                    let mut state = lock(&shared.state);
-                    let mut buf = BytesMut::new();
-                    frame::encode(FrameType::Accept, &Accept::ok().encode(), &mut buf);
-                    let len = buf.len();
-                    buf.extend_from_slice(&state.buf);
-                    state.buf = buf;
-                    state.owed = Some((len, owed));
+                    // Before what was sent while the stream was away.
+                    lock(&shared.state).owe_accept(owed);
                 }
                 (read, permit)
             }
