@@ -37,6 +37,8 @@ struct Scale {
     messages: u64,
     round_trips: u64,
     bulk: usize,
+    /// Transfers of `bulk` bytes per bulk row, raw and libchan in turn.
+    bulk_rounds: usize,
     opens: u64,
     handshakes: u64,
 }
@@ -76,6 +78,7 @@ fn main() {
             messages: 200_000,
             round_trips: 2_000,
             bulk: 64 << 20,
+            bulk_rounds: 3,
             opens: 2_000,
             handshakes: 200,
         }
@@ -84,6 +87,7 @@ fn main() {
             messages: 2_000_000,
             round_trips: 20_000,
             bulk: 1 << 30,
+            bulk_rounds: 5,
             opens: 20_000,
             handshakes: 1_000,
         }
@@ -144,22 +148,43 @@ async fn run(net: Net, scale: &Scale, only: &[&str]) {
         ));
     }
     if only.contains(&"bulk") {
-        let raw = bulk_raw(net, scale.bulk).await;
-        let chan = bulk_libchan(net, scale.bulk).await;
+        // Each side's rate swings by up to half from one transfer to the next (how the
+        // scheduler places the writer and reader on two cores), so the row takes the median of
+        // several transfers, raw and libchan in turn. The CPU row is the process's CPU time
+        // per GiB over the same transfers: what libchan costs beyond the raw stream, whatever
+        // the scheduling.
+        let mut raw = Bulk::default();
+        let mut chan = Bulk::default();
+        let mut yamux = Bulk::default();
+        for _ in 0..scale.bulk_rounds {
+            raw.add(bulk_raw(net, scale.bulk).await);
+            chan.add(bulk_libchan(net, scale.bulk).await);
+            if net == Net::Tls {
+                // Where the TLS gap lies: yamux itself over the same rustls stream.
+                yamux.add(bulk_yamux_over_tls(scale.bulk).await);
+            }
+        }
+        let (raw_rate, chan_rate) = (raw.rate(), chan.rate());
         rows.push((
             "byte stream bulk (GB/s)",
-            format!("{:.2}", raw / 1e9),
-            format!("{:.2}", chan / 1e9),
-            chan / raw,
+            format!("{:.2}", raw_rate / 1e9),
+            format!("{:.2}", chan_rate / 1e9),
+            chan_rate / raw_rate,
+        ));
+        let (raw_cpu, chan_cpu) = (raw.cpu_per_gib(), chan.cpu_per_gib());
+        rows.push((
+            "byte stream bulk, CPU ms per GiB",
+            format!("{raw_cpu:.0}"),
+            format!("{chan_cpu:.0}"),
+            chan_cpu / raw_cpu,
         ));
         if net == Net::Tls {
-            // Where the TLS gap lies: yamux itself over the same rustls stream.
-            let yamux = bulk_yamux_over_tls(scale.bulk).await;
+            let yamux_rate = yamux.rate();
             rows.push((
                 "raw yamux over rustls, bulk (GB/s)",
-                format!("{:.2}", raw / 1e9),
-                format!("{:.2}", yamux / 1e9),
-                yamux / raw,
+                format!("{:.2}", raw_rate / 1e9),
+                format!("{:.2}", yamux_rate / 1e9),
+                yamux_rate / raw_rate,
             ));
         }
     }
@@ -454,14 +479,62 @@ async fn ping_pong_libchan(net: Net, n: u64) -> (f64, f64) {
     percentiles(&hist)
 }
 
-async fn bulk_raw(net: Net, total: usize) -> f64 {
+/// One bulk transfer: its rate in bytes per second, and the process's CPU time per byte.
+#[derive(Clone, Copy)]
+struct Transfer {
+    rate: f64,
+    cpu_per_byte: f64,
+}
+
+/// The transfers of one bulk row.
+#[derive(Default)]
+struct Bulk(Vec<Transfer>);
+
+impl Bulk {
+    fn add(&mut self, transfer: Transfer) {
+        self.0.push(transfer);
+    }
+
+    fn rate(&self) -> f64 {
+        median(self.0.iter().map(|t| t.rate))
+    }
+
+    fn cpu_per_gib(&self) -> f64 {
+        median(self.0.iter().map(|t| t.cpu_per_byte)) * (1u64 << 30) as f64 * 1e3
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The process's user and system CPU time so far, in seconds (`/proc/self/stat`, in the
+/// kernel's clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Measures a transfer of `got` bytes, from `start` and `cpu` (the process's CPU time then).
+fn transfer(got: usize, start: Instant, cpu: f64) -> Transfer {
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    Transfer { rate: got as f64 / elapsed, cpu_per_byte: cpu / got as f64 }
+}
+
+async fn bulk_raw(net: Net, total: usize) -> Transfer {
     let (a, b) = raw_stream_pair(net).await;
     bulk_on(a, b, total).await
 }
 
 /// [`bulk_raw`] on a raw yamux stream over a rustls stream: the same driver and configuration
 /// as `tls://` sessions, without libchan's framing and byte-stream relay.
-async fn bulk_yamux_over_tls(total: usize) -> f64 {
+async fn bulk_yamux_over_tls(total: usize) -> Transfer {
     let (a, b) = tls_pair().await;
     let (a, mut b) = (RawYamux::start_on(a, true, false), RawYamux::start_on(b, false, false));
     let (read, mut write) = a.open().await.unwrap();
@@ -478,8 +551,8 @@ async fn bulk_yamux_over_tls(total: usize) -> f64 {
 }
 
 /// 256 KiB writes on `a`, read from `b` until the end.
-async fn bulk_on(a: RawStream, mut b: RawStream, total: usize) -> f64 {
-    let start = Instant::now();
+async fn bulk_on(a: RawStream, mut b: RawStream, total: usize) -> Transfer {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     let writer = tokio::spawn(async move {
         let mut w = a.write;
         let chunk = vec![1u8; 256 * 1024];
@@ -492,18 +565,18 @@ async fn bulk_on(a: RawStream, mut b: RawStream, total: usize) -> f64 {
         a._keep
     });
     let got = drain(&mut b.read).await;
-    let elapsed = start.elapsed();
+    let measured = transfer(got, start, cpu);
     assert!(got >= total);
     drop(writer.await.unwrap());
-    got as f64 / elapsed.as_secs_f64()
+    measured
 }
 
-async fn bulk_libchan(net: Net, total: usize) -> f64 {
+async fn bulk_libchan(net: Net, total: usize) -> Transfer {
     let (a, b) = session_pair(net).await;
     let tx = a.open::<ByteStream>().await.unwrap();
     let mut rx = b.accept::<ByteStream>().await.unwrap();
     let (mut mine, theirs) = byte_pipe();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     tx.send(theirs).await.unwrap();
     let writer = tokio::spawn(async move {
         let chunk = vec![1u8; 256 * 1024];
@@ -516,9 +589,10 @@ async fn bulk_libchan(net: Net, total: usize) -> f64 {
     });
     let mut stream = rx.recv().await.unwrap().unwrap();
     let got = drain(&mut stream).await;
+    let measured = transfer(got, start, cpu);
     assert!(got >= total);
     writer.await.unwrap();
-    got as f64 / start.elapsed().as_secs_f64()
+    measured
 }
 
 async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> usize {
