@@ -165,6 +165,7 @@ async fn run(net: Net, scale: &Scale, only: &[&str]) {
             }
         }
         let (raw_rate, chan_rate) = (raw.rate(), chan.rate());
+        eprintln!("bulk transfers (GB/s, in turn): raw {}; libchan {}", raw.rates(), chan.rates());
         rows.push((
             "byte stream bulk (GB/s)",
             format!("{:.2}", raw_rate / 1e9),
@@ -497,6 +498,12 @@ impl Bulk {
 
     fn rate(&self) -> f64 {
         median(self.0.iter().map(|t| t.rate))
+    }
+
+    /// Each transfer's rate, in GB/s.
+    fn rates(&self) -> String {
+        let rates: Vec<String> = self.0.iter().map(|t| format!("{:.2}", t.rate / 1e9)).collect();
+        rates.join(", ")
     }
 
     fn cpu_per_gib(&self) -> f64 {
